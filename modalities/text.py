@@ -1,0 +1,157 @@
+"""Text modality: tokenizer handling, preprocessing from raw strings, and the token stem.
+
+The student either reuses a teacher's tokenizer (a folder holding ``tokenizer.json`` or the files
+``AutoTokenizer`` reads) or trains a WordPiece tokenizer on the user's corpus with ``tokenizers``.
+Either way the tokenizer is saved next to the student's weights and reloaded with it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class TextConfig:
+    """Text stem settings.
+
+    Args:
+        vocab_size: number of rows of the token embedding; must cover the tokenizer's vocabulary.
+        max_length: texts are truncated to this many tokens (special tokens included).
+        pad_token_id: id the tokenizer pads with.
+        lowercase: lowercase before tokenizing (WordPiece tokenizers trained here).
+    """
+
+    vocab_size: int = 4096
+    max_length: int = 32
+    pad_token_id: int = 0
+    lowercase: bool = True
+
+
+def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, lowercase: bool = True):
+    """Train a WordPiece tokenizer on ``corpus`` and wrap it as a ``PreTrainedTokenizerFast``.
+
+    Special tokens are ``[PAD]`` (id 0), ``[UNK]``, ``[CLS]``, ``[SEP]`` and ``[MASK]``, as in BERT.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [t for t in corpus if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError("train_wordpiece_tokenizer: the corpus holds no non-empty string; pass the training texts.")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    norm = [normalizers.NFD(), normalizers.StripAccents()]
+    if lowercase:
+        norm.insert(0, normalizers.Lowercase())
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a tokenizer from a local folder (a teacher's or a saved student's), never running remote code."""
+    from transformers import AutoTokenizer
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"tokenizer folder {path!r} does not exist; pass a local folder holding tokenizer.json "
+            "(for instance a teacher saved with save_pretrained)."
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:  # transformers raises several types here; name the folder either way
+        raise ValueError(f"could not load a tokenizer from {path!r}: {e}") from e
+
+
+class TextPreprocessor:
+    """Raw strings -> ``input_ids`` (B, L), ``attention_mask`` (B, L) and ``text_mask`` (B,).
+
+    ``None`` marks a sample without text: its row is all padding and ``text_mask`` is False.
+    An empty or whitespace-only string is an error, since it carries no signal and usually means a
+    broken row; drop the text (``None``) instead.
+    """
+
+    def __init__(self, tokenizer, config: TextConfig):
+        self.tokenizer = tokenizer
+        self.config = config
+        n = len(tokenizer)
+        if n > config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {n} tokens but the student's text.vocab_size is {config.vocab_size}; "
+                f"build the student with text vocab_size >= {n}."
+            )
+
+    def __call__(self, texts: Sequence[str | None]) -> dict[str, torch.Tensor]:
+        present = []
+        for i, t in enumerate(texts):
+            if t is None:
+                present.append(False)
+                continue
+            if not isinstance(t, str):
+                raise TypeError(f"text of sample {i} is a {type(t).__name__}; expected a str (or None when absent).")
+            if not t.strip():
+                raise ValueError(f"text of sample {i} is empty; pass None for a sample without text.")
+            present.append(True)
+        batch = len(texts)
+        length = self.config.max_length
+        input_ids = torch.full((batch, length), self.config.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        idx = [i for i, p in enumerate(present) if p]
+        if idx:
+            enc = self.tokenizer(
+                [texts[i] for i in idx], max_length=length, truncation=True, padding="max_length", return_tensors="pt"
+            )
+            input_ids[idx] = enc["input_ids"]
+            attention_mask[idx] = enc["attention_mask"]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "text_mask": torch.tensor(present)}
+
+
+class TextStem(nn.Module):
+    """Token ids -> tokens (B, L, D): token embedding + learned positions + a depthwise 1D conv for local n-grams.
+
+    The output grid is (1, L) so the trunk's 2D conv blocks treat text as a one-row image.
+    """
+
+    def __init__(self, config: TextConfig, embed_dim: int):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, embed_dim, padding_idx=config.pad_token_id)
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.max_length, embed_dim))
+        self.norm = nn.LayerNorm(embed_dim)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.embed.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Returns tokens (B, L, D), the grid (1, L) and the token padding mask (B, L), True where valid."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length); got shape {tuple(input_ids.shape)}.")
+        length = input_ids.shape[1]
+        if length > self.config.max_length:
+            raise ValueError(f"input_ids has length {length}; this student takes at most {self.config.max_length}.")
+        x = self.embed(input_ids) + self.pos_embed[:, :length]  # (B, L, D)
+        x = self.norm(x)
+        valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        x = x * valid.unsqueeze(-1).to(x.dtype)
+        return x, (1, length), valid

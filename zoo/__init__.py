@@ -1,0 +1,14 @@
+"""distill-zoo: compress Hugging Face teachers for text, image and audio into small hybrid students."""
+
+from zoo.registry import create_student, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = ["create_student", "list_models", "register_model", "load", "__version__"]
+
+
+def load(name_or_path: str, **kwargs):
+    """Load a student from a local folder or a hub id (see ``HybridStudent.from_pretrained``)."""
+    from zoo.students import HybridStudent
+
+    return HybridStudent.from_pretrained(name_or_path, **kwargs)
