@@ -73,8 +73,8 @@ def _waveform(sample, index: int) -> tuple[torch.Tensor, int]:
         wave, sr = sample
     else:
         raise TypeError(
-            f"audio of sample {index} is a {type(sample).__name__}; expected {{'array': waveform, 'sampling_rate': sr}} "
-            "or (waveform, sr): the sample rate is required."
+            f"audio of sample {index} is a {type(sample).__name__}; expected {{'array': waveform, "
+            "'sampling_rate': sr}} or (waveform, sr): the sample rate is required."
         )
     if not isinstance(sr, (int, np.integer)) or sr <= 0:
         raise ValueError(f"audio of sample {index} has sampling_rate {sr!r}; expected a positive integer in Hz.")
@@ -85,7 +85,9 @@ def _waveform(sample, index: int) -> tuple[torch.Tensor, int]:
     elif isinstance(wave, torch.Tensor):
         wave = wave.float()
     else:
-        raise TypeError(f"audio of sample {index} has a {type(wave).__name__} waveform; expected a numpy array or tensor.")
+        raise TypeError(
+            f"audio of sample {index} has a {type(wave).__name__} waveform; expected a numpy array or tensor."
+        )
     if wave.dim() == 2:
         if wave.shape[0] <= MAX_CHANNELS < wave.shape[1] or wave.shape[0] <= wave.shape[1] <= MAX_CHANNELS:
             wave = wave.mean(0)  # (C, T): average channels to mono

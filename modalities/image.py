@@ -68,7 +68,8 @@ def _to_chw_float(image, index: int) -> torch.Tensor:
             arr = arr[:, :, None]
         if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
             raise ValueError(
-                f"image of sample {index} has array shape {image.shape}; expected (H, W) or (H, W, C) with C in 1, 3, 4."
+                f"image of sample {index} has array shape {image.shape}; "
+                "expected (H, W) or (H, W, C) with C in 1, 3, 4."
             )
         if arr.dtype == np.uint8:
             t = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)

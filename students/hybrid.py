@@ -204,7 +204,7 @@ class HybridStudent(
     repo_url="https://github.com/distill-zoo/distill-zoo",
     docs_url="https://github.com/distill-zoo/distill-zoo#readme",
 ):
-    """The hybrid Transformer+CNN student. Build with ``zoo.create_student``; see the module docstring for the layout."""
+    """The hybrid Transformer+CNN student; build it with ``zoo.create_student`` (layout: module docstring)."""
 
     def __init__(self, config: HybridConfig | dict):
         super().__init__()

@@ -50,7 +50,14 @@ def hybrid_test(modalities=("image",), num_classes: int = 10, **kwargs) -> Hybri
         mlp_hidden=_blocks(1, 64),
         text={"vocab_size": 512, "max_length": 16},
         image={"image_size": 16, "patch_size": 4, "stem_channels": 16},
-        audio={"n_mels": 16, "clip_seconds": 0.5, "hop_length": 250, "n_fft": 400, "patch_size": 4, "stem_channels": 16},
+        audio={
+            "n_mels": 16,
+            "clip_seconds": 0.5,
+            "hop_length": 250,
+            "n_fft": 400,
+            "patch_size": 4,
+            "stem_channels": 16,
+        },
     )
     return _create_hybrid("hybrid_test", modalities, num_classes, base, **kwargs)
 
@@ -65,7 +72,14 @@ def hybrid_tiny(modalities=("text", "image", "audio"), num_classes: int = 10, **
         mlp_hidden=_blocks(4, 512),
         text={"vocab_size": 4096, "max_length": 32},
         image={"image_size": 32, "patch_size": 4, "stem_channels": 32},
-        audio={"n_mels": 32, "clip_seconds": 1.0, "hop_length": 250, "n_fft": 512, "patch_size": 8, "stem_channels": 32},
+        audio={
+            "n_mels": 32,
+            "clip_seconds": 1.0,
+            "hop_length": 250,
+            "n_fft": 512,
+            "patch_size": 8,
+            "stem_channels": 32,
+        },
     )
     return _create_hybrid("hybrid_tiny", modalities, num_classes, base, **kwargs)
 
@@ -80,7 +94,14 @@ def hybrid_small(modalities=("text", "image", "audio"), num_classes: int = 10, *
         mlp_hidden=_blocks(6, 1024),
         text={"vocab_size": 8192, "max_length": 64},
         image={"image_size": 64, "patch_size": 8, "stem_channels": 48},
-        audio={"n_mels": 64, "clip_seconds": 1.0, "hop_length": 250, "n_fft": 512, "patch_size": 8, "stem_channels": 48},
+        audio={
+            "n_mels": 64,
+            "clip_seconds": 1.0,
+            "hop_length": 250,
+            "n_fft": 512,
+            "patch_size": 8,
+            "stem_channels": 48,
+        },
     )
     return _create_hybrid("hybrid_small", modalities, num_classes, base, **kwargs)
 
@@ -95,6 +116,13 @@ def hybrid_base(modalities=("text", "image", "audio"), num_classes: int = 10, **
         mlp_hidden=_blocks(8, 1536),
         text={"vocab_size": 16384, "max_length": 128},
         image={"image_size": 128, "patch_size": 8, "stem_channels": 64},
-        audio={"n_mels": 64, "clip_seconds": 2.0, "hop_length": 250, "n_fft": 512, "patch_size": 8, "stem_channels": 64},
+        audio={
+            "n_mels": 64,
+            "clip_seconds": 2.0,
+            "hop_length": 250,
+            "n_fft": 512,
+            "patch_size": 8,
+            "stem_channels": 64,
+        },
     )
     return _create_hybrid("hybrid_base", modalities, num_classes, base, **kwargs)

@@ -37,6 +37,10 @@ def raw_samples():
             "label": 1,
         },
         {"id": "b", "image": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), "label": 2},
-        {"id": "c", "audio": {"array": rng.standard_normal((2, 22050)).astype("float32"), "sampling_rate": 22050}, "label": 3},
+        {
+            "id": "c",
+            "audio": {"array": rng.standard_normal((2, 22050)).astype("float32"), "sampling_rate": 22050},
+            "label": 3,
+        },
         {"id": "d", "text": "nine", "label": 4},
     ]

@@ -71,9 +71,11 @@ def load_state_dict_checked(path: str | os.PathLike, device: str = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         others = sorted(p.name for p in path.parent.glob("*")) if path.parent.is_dir() else []
-        hint = " Pickled checkpoints (.bin, .pt) are never loaded: convert them to safetensors." if any(
-            n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in others
-        ) else ""
+        hint = (
+            " Pickled checkpoints (.bin, .pt) are never loaded: convert them to safetensors."
+            if any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in others)
+            else ""
+        )
         raise FileNotFoundError(f"{path} is missing (the folder holds {others}).{hint}")
     try:
         return load_file(str(path), device=device)

@@ -43,8 +43,11 @@ def create_student(name: str, modalities=("text", "image", "audio"), num_classes
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f" Did you mean {close}?" if close else ""
         raise KeyError(f"unknown student {name!r}.{hint} Registered: {sorted(_MODELS)}.")
-    return _MODELS[name](modalities=list(modalities) if not isinstance(modalities, str) else [modalities],
-                         num_classes=num_classes, **kwargs)
+    return _MODELS[name](
+        modalities=list(modalities) if not isinstance(modalities, str) else [modalities],
+        num_classes=num_classes,
+        **kwargs,
+    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

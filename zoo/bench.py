@@ -1,0 +1,168 @@
+"""Measuring models: accuracy, parameters, file size and latency, and the run's ``metrics.json``.
+
+``metrics.json`` holds one entry per model under ``"models"`` (teacher, raw_student, distilled, pruned, int8,
+onnx_int8, ...), each with ``accuracy`` (test split, 0-1), ``params``, ``size_bytes`` and ``latency_ms`` (batch 1,
+one thread, median), plus whatever else a stage records. Every number a card or table shows comes from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from zoo.io import atomic_write_json
+
+METRICS_NAME = "metrics.json"
+MODEL_ORDER = ["teacher", "raw_student", "distilled", "pruned", "int8", "onnx_fp32", "onnx_int8"]
+
+
+@contextmanager
+def one_thread():
+    """Run the block with one torch thread (latency is measured at one thread), restoring the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def latency_ms(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
+    """Median latency (ms) of ``model(**inputs)`` in eval mode under no_grad, at one thread.
+
+    Pass a batch of one sample for the batch-1 latency the tables report.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with one_thread(), torch.inference_mode():
+            return median_ms(lambda: model(**inputs), repeats=repeats, warmup=warmup)
+    finally:
+        model.train(was_training)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters plus integer weight buffers (a quantized model keeps its int8 weights as buffers)."""
+    n = sum(p.numel() for p in model.parameters())
+    n += sum(b.numel() for b in model.buffers() if not b.is_floating_point() and b.dtype == torch.int8)
+    return n
+
+
+def folder_size_bytes(folder: str | os.PathLike, names: Iterable[str] = ("model.safetensors",)) -> int:
+    """Size of the weight files of a saved model (what a user downloads to run it)."""
+    return sum((Path(folder) / n).stat().st_size for n in names if (Path(folder) / n).exists())
+
+
+@torch.inference_mode()
+def accuracy(predict: Callable[[list[dict]], torch.Tensor], samples: Iterable[dict], batch_size: int = 64) -> float:
+    """Top-1 accuracy of ``predict(raw samples) -> logits`` over labelled raw samples (0-1)."""
+    correct = total = 0
+    batch: list[dict] = []
+
+    def flush():
+        nonlocal correct, total
+        labels = torch.tensor([int(s["label"]) for s in batch])
+        logits = predict(batch)
+        correct += int((logits.argmax(-1).cpu() == labels).sum())
+        total += len(batch)
+        batch.clear()
+
+    for s in samples:
+        if s.get("label") is None:
+            continue
+        batch.append(s)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if total == 0:
+        raise ValueError("accuracy: no labelled sample to evaluate on.")
+    return correct / total
+
+
+def student_predict(student: torch.nn.Module) -> Callable[[list[dict]], torch.Tensor]:
+    """Raw samples -> logits with the student's own preprocessing, in eval mode."""
+
+    def predict(samples: list[dict]) -> torch.Tensor:
+        student.eval()
+        batch = student.preprocess(samples)
+        batch.pop("labels", None)
+        return student(**batch)
+
+    return predict
+
+
+def model_entry(*, accuracy: float, params: int, size_bytes: int, latency_ms: float, **extra) -> dict:
+    """One ``metrics.json`` model entry; extra keys (runtime, macs, keep_ratio...) are kept as given."""
+    entry = {
+        "accuracy": round(float(accuracy), 6),
+        "params": int(params),
+        "size_bytes": int(size_bytes),
+        "latency_ms": round(float(latency_ms), 4),
+    }
+    entry.update(extra)
+    return entry
+
+
+def read_metrics(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / METRICS_NAME
+    if not path.exists():
+        return {"models": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it or restore it from the run folder.") from e
+    data.setdefault("models", {})
+    return data
+
+
+def update_metrics(folder: str | os.PathLike, models: dict | None = None, **sections) -> dict:
+    """Merge model entries (and top-level sections such as ``run``) into ``folder/metrics.json``, atomically."""
+    data = read_metrics(folder)
+    for name, entry in (models or {}).items():
+        data["models"][name] = entry
+    data.update(sections)
+    ordered = {k: data["models"][k] for k in MODEL_ORDER if k in data["models"]}
+    ordered.update({k: v for k, v in data["models"].items() if k not in ordered})
+    data["models"] = ordered
+    atomic_write_json(Path(folder) / METRICS_NAME, data)
+    return data
+
+
+def format_table(metrics: dict) -> str:
+    """The comparison table printed at the end of a run: accuracy, params, size, latency per model."""
+    rows = [("model", "accuracy", "params", "size", "latency (ms, b=1)")]
+    for name, e in metrics.get("models", {}).items():
+        size = e.get("size_bytes")
+        rows.append(
+            (
+                name,
+                f"{100 * e['accuracy']:.2f}%" if e.get("accuracy") is not None else "-",
+                f"{e['params'] / 1e6:.2f}M" if e.get("params") is not None else "-",
+                f"{size / 2**20:.2f} MiB" if size is not None else "-",
+                f"{e['latency_ms']:.2f}" if e.get("latency_ms") is not None else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
