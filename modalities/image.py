@@ -72,9 +72,9 @@ def _to_chw_float(image, index: int) -> torch.Tensor:
                 "expected (H, W) or (H, W, C) with C in 1, 3, 4."
             )
         if arr.dtype == np.uint8:
-            t = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+            t = torch.from_numpy(arr.astype(np.float32)).div_(255.0)  # astype copies: PIL arrays are read-only
         elif np.issubdtype(arr.dtype, np.floating):
-            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            t = torch.from_numpy(np.array(arr, dtype=np.float32))
         else:
             raise TypeError(f"image of sample {index} has dtype {arr.dtype}; expected uint8 (0-255) or float (0-1).")
         return t.permute(2, 0, 1)

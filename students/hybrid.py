@@ -216,7 +216,7 @@ class HybridStudent(
         stems = {"text": TextStem, "image": ImageStem, "audio": AudioStem}
         self.stems = nn.ModuleDict({m: stems[m](getattr(config, m), D) for m in config.modalities})
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, D)) for m in config.modalities})
-        dpr = torch.linspace(0, config.drop_path_rate, max(config.depth, 1)).tolist()
+        dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         n_conv = len(config.conv_hidden)
         self.conv_blocks = nn.ModuleList(
             [ConvBlock(D, h, config.conv_kernel, dpr[i]) for i, h in enumerate(config.conv_hidden)]
