@@ -1,0 +1,435 @@
+"""Recipes: a distillation run described in YAML, read with ``yaml.safe_load`` into typed dataclasses.
+
+A recipe names the student, the data, the teachers (or how to train them), the loss settings, the adaptive
+controller and the stages, in their fixed order::
+
+    pretrain -> soft_distill -> mixed_distill -> prune -> quant_finetune -> hardware_adapt
+
+Every key must be known: an unknown key is an error that names it, the file and the keys allowed there. YAML
+tags (``!!python/...``) are refused by ``safe_load``; recipes hold values only. ``key=value`` overrides from
+the command line use dotted paths (``stages.soft_distill.steps=50``, ``student=hybrid_tiny``), parsed as YAML
+scalars. A stage set to ``null`` (or ``enabled: false``) is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+STAGE_ORDER = ("pretrain", "soft_distill", "mixed_distill", "prune", "quant_finetune", "hardware_adapt")
+# Stages that train the float student with the teachers; the raw-student baseline gets the same number of steps.
+DISTILL_STAGES = ("pretrain", "soft_distill", "mixed_distill")
+# Stages that must not lose accuracy: the accuracy guard rolls them back.
+GUARDED_STAGES = ("prune", "quant_finetune", "hardware_adapt")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class Temperature:
+    """KD temperature over a stage: from ``start`` to ``end`` along ``schedule`` (constant, linear, cosine)."""
+
+    start: float = 1.0
+    end: float | None = None
+    schedule: str = "constant"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"temperature.schedule {self.schedule!r}: expected one of {list(SCHEDULES)}.")
+        if self.start <= 0 or (self.end is not None and self.end <= 0):
+            raise ValueError(f"temperature start {self.start} / end {self.end}: temperatures must be > 0.")
+
+    def at(self, progress: float) -> float:
+        """Temperature at ``progress`` (0 at the stage's first step, 1 at its last)."""
+        import math
+
+        end = self.start if self.end is None else self.end
+        p = min(max(progress, 0.0), 1.0)
+        if self.schedule == "constant":
+            return float(self.start)
+        if self.schedule == "linear":
+            return float(self.start + (end - self.start) * p)
+        return float(end + (self.start - end) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+@dataclass
+class LossWeights:
+    """Weights of one stage's loss terms.
+
+    Args:
+        ce: cross-entropy on the labels.
+        kl: logit KD, KL(student/T || teacher/T) * T^2, averaged over the teachers.
+        adaptive: the full distillation term (logit KD + feature, embedding and relation alignment, weighted as in
+            ``losses``), multiplied by the adaptive controller's current multiplier.
+        quant: KD from the float student to the quantized one (the quantization-error loss).
+    """
+
+    ce: float = 0.0
+    kl: float = 0.0
+    adaptive: float = 0.0
+    quant: float = 0.0
+
+    def uses_teacher(self) -> bool:
+        return self.kl > 0 or self.adaptive > 0
+
+
+@dataclass
+class Stage:
+    """One training stage. Give ``steps`` or ``epochs`` (a fraction of an epoch is allowed).
+
+    Args:
+        enabled: false skips the stage (as does ``null`` for the whole stage).
+        steps, epochs: the stage's length in optimizer steps, or in passes over its share of the train split.
+        data_fraction: share of the train split the stage draws from (a seeded subset).
+        lr: peak learning rate (linear warmup over ``warmup`` of the steps, then cosine to ``min_lr_ratio * lr``).
+        weights: loss weights (see ``LossWeights``).
+        temperature: KD temperature schedule.
+    """
+
+    enabled: bool = True
+    steps: int | None = None
+    epochs: float | None = None
+    data_fraction: float = 1.0
+    lr: float = 1e-3
+    warmup: float = 0.05
+    min_lr_ratio: float = 0.05
+    weights: LossWeights = field(default_factory=LossWeights)
+    temperature: Temperature = field(default_factory=Temperature)
+
+    def __post_init__(self):
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"a stage has steps={self.steps} and epochs={self.epochs}; give one of them.")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"steps={self.steps}: must be >= 0.")
+        if not 0 < self.data_fraction <= 1:
+            raise ValueError(f"data_fraction={self.data_fraction}: must be in (0, 1].")
+
+    def num_steps(self, train_size: int, batch_size: int) -> int:
+        """The stage's optimizer steps for a train split of ``train_size`` samples at ``batch_size``."""
+        if self.steps is not None:
+            return int(self.steps)
+        if self.epochs is None:
+            return 0
+        per_epoch = max(int(train_size * self.data_fraction) // batch_size, 1)
+        return max(int(round(self.epochs * per_epoch)), 1)
+
+
+@dataclass
+class PruneStage(Stage):
+    """Structured pruning to ``keep`` of the widths, then KD recovery training.
+
+    ``retry_keeps`` are milder ratios tried in order when the accuracy guard rolls a pruning back.
+    """
+
+    keep: float = 0.65
+    criterion: str = "taylor"
+    retry_keeps: list[float] = field(default_factory=lambda: [0.8, 0.9])
+
+
+@dataclass
+class QuantStage(Stage):
+    """Int8 quantization-aware fine-tuning (``weights.quant``: KD from the float student), then int8 conversion."""
+
+    calibration_batches: int = 8
+
+
+@dataclass
+class HardwareStage(Stage):
+    """Fit the student to a latency budget (batch 1, one thread) on ``runtime``, with KD recovery."""
+
+    latency_budget_ms: float | None = None
+    runtime: str = "torch"
+
+
+@dataclass
+class Stages:
+    pretrain: Stage | None = None
+    soft_distill: Stage | None = None
+    mixed_distill: Stage | None = None
+    prune: PruneStage | None = None
+    quant_finetune: QuantStage | None = None
+    hardware_adapt: HardwareStage | None = None
+
+    def active(self) -> list[tuple[str, Stage]]:
+        """(name, stage) of the enabled stages in run order."""
+        return [(n, getattr(self, n)) for n in STAGE_ORDER if getattr(self, n) is not None and getattr(self, n).enabled]
+
+
+@dataclass
+class TeacherTraining:
+    """How ``zoo distill`` trains its own teachers when none are given (the offline quickstart).
+
+    Each teacher is a transformers architecture notably larger than the student, trained from scratch with CE.
+    """
+
+    steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 32
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 256
+    image_size: int = 32
+    patch_size: int = 4
+    text_max_length: int = 32
+    text_vocab_size: int = 2048
+
+
+@dataclass
+class DataSettings:
+    """Where the samples come from and how they are batched (``source: null`` is the bundled quickstart)."""
+
+    source: str | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_train_samples: int | None = None
+
+
+@dataclass
+class LossSettings:
+    """Settings of the distillation term (``weights.adaptive``) shared by all stages.
+
+    Args:
+        feature: weight of feature alignment (projector + MSE or cosine) inside the distillation term.
+        feature_loss: "mse" or "cosine".
+        feature_layers: modality -> {student block index: teacher layer}; ``{}`` aligns the student's last block
+            with each teacher's last cached feature layer.
+        embedding: weight of embedding distillation (pooled student features vs. encoder teachers' embeds).
+        embedding_loss: "cosine" or "mse".
+        relation: weight of the cross-modal relation loss (CLIP-style teachers).
+        modality_weights: per-teacher-modality weight of every teacher term.
+        gradient_penalty: lambda of the squared norm of d(KD)/d(student logits), a smoothness guard.
+    """
+
+    feature: float = 1.0
+    feature_loss: str = "mse"
+    feature_layers: dict[str, dict[int, str]] = field(default_factory=dict)
+    embedding: float = 1.0
+    embedding_loss: str = "cosine"
+    relation: float = 1.0
+    modality_weights: dict[str, float] = field(default_factory=dict)
+    gradient_penalty: float = 0.0
+
+    def __post_init__(self):
+        for name in ("feature_loss", "embedding_loss"):
+            if getattr(self, name) not in ("mse", "cosine"):
+                raise ValueError(f"losses.{name} {getattr(self, name)!r}: expected 'mse' or 'cosine'.")
+
+
+@dataclass
+class ControllerSettings:
+    """The adaptive-distillation controller (a discounted UCB1 bandit over KD-weight multipliers).
+
+    Reward: the improvement of the validation metric (``loss``: lower CE is better; ``accuracy``) over
+    ``interval`` steps, measured on ``eval_samples`` validation samples.
+    """
+
+    enabled: bool = True
+    arms: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])
+    interval: int = 20
+    metric: str = "loss"
+    exploration: float = 1.0
+    discount: float = 0.95
+    eval_samples: int = 256
+
+    def __post_init__(self):
+        if self.metric not in ("loss", "accuracy"):
+            raise ValueError(f"controller.metric {self.metric!r}: expected 'loss' or 'accuracy'.")
+        if not self.arms:
+            raise ValueError("controller.arms is empty; list at least one KD-weight multiplier.")
+
+
+@dataclass
+class TrainSettings:
+    """Loop settings: precision, accumulation, checkpoints, logging, guards."""
+
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    accuracy_tolerance: float = 0.005
+    max_rollbacks: int = 3
+    baseline: bool = True
+    latency_repeats: int = 20
+
+
+@dataclass
+class Recipe:
+    """A whole run. ``student`` is a registered architecture; ``student_overrides`` are its config overrides."""
+
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    student: str = "hybrid_tiny"
+    student_overrides: dict = field(default_factory=dict)
+    tokenizer: str = "train"
+    data: DataSettings = field(default_factory=DataSettings)
+    teachers: dict[str, str] = field(default_factory=dict)
+    teacher_training: TeacherTraining = field(default_factory=TeacherTraining)
+    losses: LossSettings = field(default_factory=LossSettings)
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    stages: Stages = field(default_factory=Stages)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+def _strip_optional(tp):
+    """``X | None`` -> (X, True); anything else -> (tp, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value, tp, where: str, source: str):
+    """Check and convert one YAML value to the annotated type ``tp``; errors name ``where`` and ``source``."""
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        if dataclasses.is_dataclass(tp):
+            raise ValueError(f"{source}: {where} is null; give a mapping (or drop the key for the defaults).")
+        raise ValueError(f"{source}: {where} is null; expected a {getattr(tp, '__name__', tp)}.")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {where} must be a mapping; got {type(value).__name__} {value!r}.")
+        kt, vt = typing.get_args(tp) or (typing.Any, typing.Any)
+        return {
+            _convert(k, kt, f"{where} key", source): _convert(v, vt, f"{where}.{k}", source) for k, v in value.items()
+        }
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{source}: {where} must be a list; got {type(value).__name__} {value!r}.")
+        (it,) = typing.get_args(tp) or (typing.Any,)
+        return [_convert(v, it, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if tp is typing.Any or tp is dict:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{source}: {where} must be true or false; got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{source}: {where} must be a number; got {value!r}.")
+        return float(value)
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{source}: {where} must be an integer; got {value!r}.")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"{source}: {where} must be a string; got {value!r}.")
+        return str(value)
+    return value
+
+
+def _build(cls, data, where: str, source: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: {where or 'the recipe'} must be a mapping; got {type(data).__name__} {data!r}.")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            path = f"{where}.{key}" if where else str(key)
+            raise ValueError(f"{source}: unknown key {path!r}.{hint} Allowed here: {known}.")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {where or 'recipe'}: {e}") from e
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as a YAML scalar)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: expected key=value (e.g. stages.soft_distill.steps=50).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"override {text!r}: the key is empty.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({e}).") from e
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in the raw recipe mapping (validation happens when it is built)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"override {text!r}: {part!r} holds {child!r}, not a mapping.")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped with the package (zoo/recipes/*.yaml)."""
+    folder = resources.files("zoo").joinpath("recipes")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """A YAML file path as is, or a bundled recipe by name (``s1``, ``quickstart``)."""
+    path = Path(os.fspath(name_or_path))
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {path} does not exist.")
+        return path
+    bundled = resources.files("zoo").joinpath("recipes", f"{name_or_path}.yaml")
+    if not bundled.is_file():
+        raise FileNotFoundError(
+            f"no recipe {os.fspath(name_or_path)!r}: not a file and not a bundled recipe ({bundled_recipes()})."
+        )
+    return Path(str(bundled))
+
+
+def load_recipe(name_or_path: str | os.PathLike = "quickstart", overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (bundled name or YAML path) with ``yaml.safe_load``, apply ``key=value`` overrides, validate."""
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not a valid values-only YAML recipe ({e}). Tags and code are not allowed.") from e
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of keys; got {type(data).__name__}.")
+    source = str(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{path} (with overrides {list(overrides)})"
+    return recipe_from_dict(data, source)
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+    """Build a ``Recipe`` from a mapping; unknown keys and wrong types are errors naming ``source``."""
+    return _build(Recipe, data, "", source)
