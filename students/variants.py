@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
+from zoo.modalities.text import load_tokenizer
 from zoo.registry import register_model
 from zoo.students.hybrid import HybridConfig, HybridStudent, build_student
 
@@ -21,6 +23,16 @@ _NESTED = ("text", "image", "audio")
 def _create_hybrid(arch: str, modalities, num_classes: int, base: dict, tokenizer=None, **overrides) -> HybridStudent:
     """Merge the variant's widths with user overrides (nested dicts for text / image / audio) and build."""
     cfg = dict(base)
+    if tokenizer is not None and "text" in modalities:
+        # size the embedding to the tokenizer unless the caller set it: a teacher's tokenizer (30k+ tokens for
+        # BERT) must fit, and a small trained one should not pay for unused rows
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(tokenizer)
+        user_text = overrides.get("text") or {}
+        auto = {"pad_token_id": int(tokenizer.pad_token_id or 0)}
+        if "vocab_size" not in user_text:
+            auto["vocab_size"] = -(-len(tokenizer) // 64) * 64
+        cfg["text"] = {**cfg["text"], **auto}
     for key, value in overrides.items():
         if key in _NESTED and isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **value}

@@ -201,3 +201,17 @@ def test_save_is_atomic_and_keeps_existing_card(saved):
     model.save_pretrained(saved)
     assert (saved / "README.md").read_text() == "my card"
     assert not [p for p in saved.parent.iterdir() if p.name.startswith(".save-")]
+
+
+def test_text_embedding_sized_to_the_tokenizer(tmp_path, tiny_tokenizer):
+    tiny_tokenizer.save_pretrained(tmp_path)
+    model = zoo.create_student("hybrid_test", modalities=["text"], tokenizer=str(tmp_path))  # a teacher's folder
+    assert model.config.text.vocab_size == 128 and model.config.text.vocab_size >= len(tiny_tokenizer)
+    assert (
+        zoo.create_student(
+            "hybrid_test", modalities=["text"], tokenizer=tiny_tokenizer, text={"vocab_size": 300}
+        ).config.text.vocab_size
+        == 300
+    )
+    with pytest.raises(ValueError, match="vocab_size"):
+        zoo.create_student("hybrid_test", modalities=["text"], tokenizer=tiny_tokenizer, text={"vocab_size": 50})
