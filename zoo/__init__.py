@@ -8,7 +8,11 @@ __all__ = ["create_student", "list_models", "register_model", "load", "__version
 
 
 def load(name_or_path: str, **kwargs):
-    """Load a student from a local folder or a hub id (see ``HybridStudent.from_pretrained``)."""
+    """Load a student from a local folder, a hub id or a name from the zoo's catalogue (``zoo list``).
+
+    Hub files go through the HF cache; offline, a hub id or catalogue name fails with a message saying how to
+    pass a local folder instead (see ``HybridStudent.from_pretrained``).
+    """
     from zoo.students import HybridStudent
 
     return HybridStudent.from_pretrained(name_or_path, **kwargs)

@@ -13,6 +13,9 @@ import sys
 # Modules that define add_cli(subparsers). Order is the order of `zoo --help`.
 COMMAND_MODULES = [
     "zoo.registry",
+    "zoo.finetune",
+    "zoo.cards",
+    "zoo.hub",
 ]
 
 

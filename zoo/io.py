@@ -114,7 +114,7 @@ def resolve_model_folder(
     allow_patterns: list[str] | None = None,
     required: tuple[str, ...] = ("config.json", "model.safetensors"),
 ) -> Path:
-    """A local folder as is, or a hub repo downloaded through the HF cache (safetensors and JSON files only).
+    """A local folder as is, or a hub repo (or a zoo catalogue name's repo) downloaded through the HF cache.
 
     A hub id while offline (or unreachable) fails with a message saying how to pass a local folder instead.
     """
@@ -127,7 +127,9 @@ def resolve_model_folder(
                 "a student folder is written by save_pretrained."
             )
         return path
-    name = os.fspath(name_or_path)
+    from zoo.catalogue import hub_id_for
+
+    name = hub_id_for(os.fspath(name_or_path))  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
         raise FileNotFoundError(f"{name!r} is not a folder. Pass a folder written by save_pretrained, or a hub id.")
     from huggingface_hub import snapshot_download

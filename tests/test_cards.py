@@ -1,0 +1,129 @@
+"""Model cards: metadata round trip, the comparison table and lineage from a fixture metrics.json, runnable usage
+code, the accuracy-vs-latency plot, robustness to missing keys, and ``zoo card``."""
+
+import json
+import re
+
+import pytest
+from huggingface_hub import ModelCard
+
+import zoo
+from zoo.bench import update_metrics
+from zoo.cards import PLOT_NAME, build_card, write_card
+from zoo.cli import main
+
+MODELS = {
+    "teacher": {"accuracy": 0.95, "params": 5_000_000, "size_bytes": 20_000_000, "latency_ms": 40.0},
+    "raw_student": {"accuracy": 0.70, "params": 200_000, "size_bytes": 800_000, "latency_ms": 2.0},
+    "distilled": {"accuracy": 0.85, "params": 200_000, "size_bytes": 800_000, "latency_ms": 2.0},
+    "pruned": {"accuracy": 0.84, "params": 150_000, "size_bytes": 600_000, "latency_ms": 1.6, "peak_memory_bytes": 3e6},
+    "int8": {"accuracy": 0.83, "params": 150_000, "size_bytes": 160_000, "latency_ms": 1.1},
+}
+RUN = {
+    "recipe": {"name": "quickstart"},
+    "dataset": {"name": "quickstart", "splits": {"test": 300}},
+    "teachers": {"image": "google/vit-base-patch16-224", "audio": {"path": "/nonexistent/local_ast"}},
+    "stages": [
+        {"name": "soft_distill", "steps": 100, "lr": 1e-3, "temperature": 4.0, "rollbacks": 0},
+        {"name": "prune", "steps": 50, "lr": 5e-4, "temperature": 2.0, "rollbacks": [{"step": 120}]},
+    ],
+    "controller": {"trajectory": [{"step": 10, "kd_weight": 0.5}, {"step": 20, "kd_weight": 0.75}]},
+}
+
+
+def make_student_folder(folder, models=MODELS, run=RUN, modalities=("image", "audio")):
+    student = zoo.create_student("hybrid_test", modalities=list(modalities), num_classes=3)
+    student.config.id2label = {"0": "cat", "1": "dog", "2": "bird"}
+    student.save_pretrained(folder)
+    sections = {"run": run} if run is not None else {}
+    update_metrics(folder, models=models, **sections)
+    return folder
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_student_folder(tmp_path / "run")
+
+
+def table_row(text: str, name: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_card_metadata_and_eval_results_round_trip(run_dir):
+    path = write_card(run_dir)
+    assert path == run_dir / "README.md"
+    card = ModelCard.load(path)
+    data = card.data
+    assert data.library_name == "distill-zoo"
+    assert {"distillation", "pruned", "int8", "image", "audio"} <= set(data.tags)
+    assert data.base_model == ["google/vit-base-patch16-224"]  # the local teacher path stays out of the metadata
+    assert data.datasets == ["quickstart"] and data.license == "apache-2.0"
+    assert data.pipeline_tag == "image-classification"
+    got = {r.metric_name: r.metric_value for r in data.eval_results}
+    assert got["accuracy (teacher)"] == 0.95
+    assert got["accuracy (raw student (no distillation))"] == 0.70
+    assert got["accuracy (distilled student)"] == 0.85
+    assert all(r.dataset_split == "test" and r.metric_type == "accuracy" for r in data.eval_results)
+
+
+def test_card_table_and_lineage_come_from_metrics(run_dir):
+    text = str(build_card(run_dir))
+    assert table_row(text, "teacher") == [
+        "teacher",
+        "95.00%",
+        "40.00",
+        f"≈ {5_000_000 * 4 / 2**20:.2f} MiB",  # params x 4 bytes (fp32)
+        f"{20_000_000 / 2**20:.2f} MiB",
+        "5.00M",
+    ]
+    assert table_row(text, "raw student (no distillation)")[1:3] == ["70.00%", "2.00"]
+    assert table_row(text, "distilled student")[1] == "85.00%"
+    assert table_row(text, "pruned + KD recovery")[3] == f"{3e6 / 2**20:.2f} MiB"  # measured peak, no estimate mark
+    assert table_row(text, "int8")[3:] == [f"≈ {150_000 / 2**10:.2f} KiB", f"{160_000 / 2**10:.2f} KiB", "150.00K"]
+    assert table_row(text, "soft_distill") == ["soft_distill", "100", "0.001", "4", "0"]
+    assert table_row(text, "prune") == ["prune", "50", "0.0005", "2", "1"]
+    assert "150 training steps in 2 stage(s), 1" in text
+    assert "`kd_weight`: 0.5 -> 0.75" in text
+    assert "keeps 89.5% of the teacher's accuracy" in text  # 0.85 / 0.95
+    assert "(300 samples)" in text
+    assert f"]({PLOT_NAME})" in text
+
+
+def test_card_usage_code_runs_against_the_folder(run_dir, capsys):
+    text = str(build_card(run_dir))
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert f'zoo.load("{run_dir}")' in code
+    exec(compile(code, "card-snippet", "exec"), {"__name__": "card_snippet"})
+    label = capsys.readouterr().out.split()[0]
+    assert label in {"cat", "dog", "bird"}
+
+
+def test_accuracy_vs_latency_plot_is_written_atomically(run_dir):
+    write_card(run_dir)
+    png = (run_dir / PLOT_NAME).read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_card_with_missing_keys_renders_na(tmp_path):
+    folder = make_student_folder(tmp_path / "bare", models={"distilled": {"accuracy": 0.5}}, run=None)
+    card = ModelCard.load(write_card(folder))
+    assert table_row(card.text, "distilled student") == ["distilled student", "50.00%", "n/a", "n/a", "n/a", "n/a"]
+    assert "Recipe `n/a`" in card.text and "Adaptive controller: n/a" in card.text
+    assert card.data.base_model is None
+    assert [r.metric_value for r in card.data.eval_results] == [0.5]
+
+
+def test_zoo_card_cli_regenerates_readme(run_dir, capsys):
+    (run_dir / "README.md").write_text("stale", encoding="utf-8")
+    assert main(["card", str(run_dir), "--repo-id", "me/student"]) == 0
+    text = (run_dir / "README.md").read_text(encoding="utf-8")
+    assert 'zoo.load("me/student")' in text and "name: me/student" in text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["models"]["distilled"]["accuracy"] = 0.9
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["card", str(run_dir)]) == 0
+    assert table_row((run_dir / "README.md").read_text(encoding="utf-8"), "distilled student")[1] == "90.00%"
+    assert main(["card", str(run_dir / "nope")]) == 1
+    assert "metrics.json is missing" in capsys.readouterr().err
