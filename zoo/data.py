@@ -1,0 +1,891 @@
+"""User datasets for fine-tuning and distillation: load, validate, map labels, split, decode lazily.
+
+``load(source)`` takes a CSV / TSV / JSONL / Parquet file whose rows hold text, image paths, audio paths and a
+label (paths relative to the file), a folder laid out as ``<label>/<file>`` (optionally ``<split>/<label>/<file>``),
+a folder of split files (``train.csv``, ``validation.jsonl``, ...), a folder written by ``save_to_disk``, a hub
+dataset id, or ``"quickstart"`` (the bundled offline digits dataset, see ``zoo._quickstart``). Tables are read
+with ``datasets``; images are decoded with PIL and audio with soundfile and resampled with torchaudio (never
+``datasets.Audio`` decoding, which needs torchcodec and FFmpeg).
+
+Every row is checked when loading: a missing or unreadable file, an empty or corrupt audio file, an empty text, an
+unknown label, a row without any modality, a duplicate id. Each problem names the file, row (0-based data row)
+and column. ``on_error="raise"`` raises one ``DataError`` listing them; ``on_error="skip"`` drops those rows and
+lists them in ``data.report``. Small data is decoded once up front; large data only has its file headers checked
+and is decoded when read, with the same file/row/column in any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODALITIES = ("text", "image", "audio")
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "eval": "validation",
+    "test": "test",
+    "testing": "test",
+}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3"}
+TEXT_EXTENSIONS = {".txt"}
+TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# Decode every file up front when there are at most this many; above it, check headers and decode when read.
+FULL_CHECK_MAX_FILES = 5000
+MAX_LISTED_PROBLEMS = 20
+SAMPLE_RATE = 16000
+
+
+class DataError(ValueError):
+    """A dataset problem the user must fix (or skip): the message names the file, row and column."""
+
+
+@dataclass
+class Problem:
+    """One bad cell or row: where it is and what is wrong."""
+
+    file: str
+    row: int | None
+    column: str | None
+    message: str
+    split: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.row is not None:
+            where += f" row {self.row}"
+        if self.column is not None:
+            where += f", column '{self.column}'"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Report:
+    """What loading found: problems (rows skipped when ``on_error='skip'``) and notes worth knowing."""
+
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped_rows: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.problems)
+
+    def __str__(self) -> str:
+        lines = [f"problems: {len(self.problems)} (rows skipped: {self.skipped_rows})"]
+        lines += [f"  {p}" for p in self.problems]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------- decoding
+def _media_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("path") or "<embedded bytes>"
+    return str(value)
+
+
+def _open_media(value: Any, base_dir: Path | None):
+    """A path-like value or ``{"bytes", "path"}`` dict -> (something PIL/soundfile can open, display name)."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return io.BytesIO(value["bytes"]), _media_name(value)
+        value = value.get("path")
+    path = Path(os.path.expanduser(str(value)))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if str(value).startswith(("http://", "https://")):
+        raise DataError(f"{value} is a URL; URLs are not fetched, download the file and give its path")
+    if not path.exists():
+        raise FileNotFoundError(f"file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes)")
+    return path, str(path)
+
+
+def decode_image(value: Any, base_dir: Path | None = None, full: bool = True):
+    """Open an image with PIL (``full`` loads the pixels, else only the header is read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    f, name = _open_media(value, base_dir)
+    try:
+        image = Image.open(f)
+        if full:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{name} cannot be read as an image ({type(e).__name__}: {e})") from e
+    return image
+
+
+def decode_audio(value: Any, base_dir: Path | None = None, full: bool = True, sampling_rate: int = SAMPLE_RATE):
+    """Read audio with soundfile, average channels, resample with torchaudio -> ``{"array", "sampling_rate"}``.
+
+    Without ``full`` only the header is read (frame count and rate), and None is returned.
+    """
+    import soundfile as sf
+
+    f, name = _open_media(value, base_dir)
+    try:
+        if not full:
+            info = sf.info(f)
+            if info.frames == 0:
+                raise DataError(f"{name} is empty audio (0 samples)")
+            return None
+        array, rate = sf.read(f, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise DataError(f"{name} cannot be read as audio ({type(e).__name__}: {e})") from e
+    if array.size == 0:
+        raise DataError(f"{name} is empty audio (0 samples)")
+    if not np.isfinite(array).all():
+        raise DataError(f"{name} holds NaN or infinite samples")
+    array = array.mean(axis=1)
+    if rate != sampling_rate:
+        import torch
+        import torchaudio.functional as AF
+
+        array = AF.resample(torch.from_numpy(array), rate, sampling_rate).numpy()
+    return {"array": np.ascontiguousarray(array, dtype=np.float32), "sampling_rate": sampling_rate}
+
+
+def _check_text(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if not text.strip():
+        raise DataError("empty text")
+    return text
+
+
+class FileDecoder:
+    """Decodes a normalised row (text, image and audio as paths or byte dicts) into a raw sample (picklable)."""
+
+    def __init__(self, base_dir: Path | None, sampling_rate: int = SAMPLE_RATE, columns: dict | None = None):
+        self.base_dir, self.sampling_rate = base_dir, sampling_rate
+        self.columns = columns or {}  # source file -> {modality: column name}, for error messages
+        self.fingerprint_extra = f"files-sr{sampling_rate}"
+
+    def __call__(self, row: dict) -> dict:
+        sample = {"id": row["id"], "label": row["label"]}
+        for m in MODALITIES:
+            if m not in row:
+                continue
+            value = row[m]
+            try:
+                if value is None:
+                    sample[m] = None
+                elif m == "text":
+                    sample[m] = _check_text(value)
+                elif m == "image":
+                    sample[m] = decode_image(value, self.base_dir)
+                else:
+                    sample[m] = decode_audio(value, self.base_dir, sampling_rate=self.sampling_rate)
+            except (DataError, FileNotFoundError) as e:  # lazy decoding of large data: still say where
+                column = self.columns.get(row["_file"], {}).get(m, m)
+                raise DataError(f"{row['_file']} row {row['_row']}, column '{column}': {e}") from e
+        return sample
+
+    def media_digest(self, value: Any) -> str:
+        """A content hash of one image/audio value, for fingerprints."""
+        if isinstance(value, dict) and value.get("bytes"):
+            return hashlib.sha256(value["bytes"]).hexdigest()
+        f, _ = _open_media(value, self.base_dir)
+        with open(f, "rb") as fh:
+            return (
+                hashlib.file_digest(fh, "sha256").hexdigest()
+                if hasattr(hashlib, "file_digest")
+                else (hashlib.sha256(fh.read()).hexdigest())
+            )
+
+
+# ------------------------------------------------------------------------------------------------------------ split
+class Split:
+    """One split: ``len``, ``split[i]`` -> decoded raw sample, iteration; rows live in a ``datasets.Dataset``.
+
+    ``split.dataset`` holds the undecoded rows (columns id, label, text, image, audio; None where a row lacks a
+    modality), ``split.has("audio")`` says which rows carry a modality, ``split.labels`` gives label ids
+    (-100 for unlabeled rows).
+    """
+
+    def __init__(self, name: str, dataset, decoder: Callable[[dict], dict]):
+        self.name, self.dataset, self.decoder = name, dataset, decoder
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"split[{index!r}]: index with an int; use split.select(indices) for subsets")
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} out of range for the {self.name} split of {len(self)} rows")
+        return self.decoder(self.dataset[index])
+
+    def __iter__(self) -> Iterator[dict]:
+        for row in self.dataset:
+            yield self.decoder(row)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{m} {int(self.has(m).sum())}" for m in MODALITIES if m in self.dataset.column_names)
+        return f"Split({self.name!r}, rows={len(self)}, {counts})"
+
+    def has(self, modality: str) -> np.ndarray:
+        """Boolean array: which rows carry ``modality``."""
+        if modality not in self.dataset.column_names:
+            return np.zeros(len(self), dtype=bool)
+        return np.array([v is not None for v in self.dataset[modality]], dtype=bool)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([-100 if y is None else y for y in self.dataset["label"]], dtype=np.int64)
+
+    def select(self, indices) -> Split:
+        return Split(self.name, self.dataset.select(list(indices)), self.decoder)
+
+    def fingerprint(self) -> str:
+        """sha256 over every row's id, label, text and image/audio content (file bytes), and the decoder."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(str(getattr(self.decoder, "fingerprint_extra", "")).encode())
+            digest = getattr(self.decoder, "media_digest", None)
+            for row in self.dataset:
+                parts = [row["id"], str(row["label"]), str(row.get("text"))]
+                for m in ("image", "audio"):
+                    value = row.get(m)
+                    parts.append("" if value is None else digest(value) if digest else str(value))
+                h.update(json.dumps(parts).encode())
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+class Data:
+    """A loaded dataset: ``splits`` {train, validation, test}, label maps, modalities, fingerprints, report."""
+
+    def __init__(self, splits: dict[str, Split], id2label: dict[int, str], report: Report, source: str):
+        self.splits, self.report, self.source = splits, report, source
+        self.id2label = {int(k): str(v) for k, v in id2label.items()}
+        self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if any(s.has(m).any() for s in self.splits.values())]
+
+    def __getitem__(self, split: str) -> Split:
+        return self.splits[split]
+
+    def fingerprint(self, split: str) -> str:
+        """Stable hash of a split's content (ids, labels, text, image and audio bytes)."""
+        return self.splits[split].fingerprint()
+
+    def save_label_map(self, path: str | os.PathLike) -> Path:
+        """Write ``{"id2label": {...}, "label2id": {...}}`` as JSON (atomically); ``load(label_map=path)`` reads it."""
+        path = Path(path)
+        body = {"id2label": {str(k): v for k, v in self.id2label.items()}, "label2id": self.label2id}
+        _atomic_write_text(path, json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    def summary(self) -> dict:
+        """Counts per split: rows, rows per modality, rows per label; plus the report."""
+        out = {"source": self.source, "splits": {}, "modalities": self.modalities, "id2label": self.id2label}
+        for name, split in self.splits.items():
+            labels = Counter(int(y) for y in split.labels)
+            out["splits"][name] = {
+                "rows": len(split),
+                "modalities": {m: int(split.has(m).sum()) for m in MODALITIES},
+                "labels": {
+                    self.id2label.get(k, "<unlabeled>") if k >= 0 else "<unlabeled>": v
+                    for k, v in sorted(labels.items())
+                },
+            }
+        out["problems"] = [str(p) for p in self.report.problems]
+        out["skipped_rows"] = self.report.skipped_rows
+        out["notes"] = list(self.report.notes)
+        return out
+
+    def __str__(self) -> str:
+        s = self.summary()
+        names = list(self.splits)
+        lines = [f"source: {self.source}", f"modalities: {', '.join(s['modalities']) or 'none'}", ""]
+        lines.append(f"{'':14}" + "".join(f"{n:>12}" for n in names) + f"{'total':>12}")
+
+        def row(title: str, values: list[int]) -> str:
+            return f"{title[:14]:14}" + "".join(f"{v:>12}" for v in values) + f"{sum(values):>12}"
+
+        lines.append(row("rows", [s["splits"][n]["rows"] for n in names]))
+        for m in MODALITIES:
+            counts = [s["splits"][n]["modalities"][m] for n in names]
+            if sum(counts):
+                lines.append(row(f"  {m}", counts))
+        lines.append(f"labels ({self.num_labels}):")
+        label_names = list(self.id2label.values())
+        if any("<unlabeled>" in s["splits"][n]["labels"] for n in names):
+            label_names.append("<unlabeled>")
+        for label in label_names:
+            lines.append(row(f"  {label}", [s["splits"][n]["labels"].get(label, 0) for n in names]))
+        lines.append("")
+        lines.append(str(self.report))
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+# ------------------------------------------------------------------------------------------------------ load: public
+def load(
+    source: str | os.PathLike | dict,
+    *,
+    text_column: str = "text",
+    image_column: str = "image",
+    audio_column: str = "audio",
+    label_column: str = "label",
+    id_column: str = "id",
+    split_column: str = "split",
+    on_error: str = "raise",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    label_map: str | os.PathLike | dict | list | None = None,
+    sampling_rate: int = SAMPLE_RATE,
+    full_check: bool | None = None,
+) -> Data:
+    """Load, validate and split a dataset; see the module docstring for the sources and checks.
+
+    Args:
+        source: a table file, a folder (``<label>/<file>``, split files, or ``save_to_disk`` output), a hub id,
+            ``"quickstart"``, or a dict ``{split: table file}``.
+        *_column: column names of each modality, the label, the row id and the split.
+        on_error: ``"raise"`` (one DataError listing every problem) or ``"skip"`` (drop bad rows, see report).
+        val_fraction, test_fraction: share of all rows moved out of train into validation / test when the data
+            does not define those splits (stratified by label when every label has enough rows), with ``seed``.
+        label_map: a JSON file written by ``save_label_map``, ``{id: label}``, ``{label: id}`` or a list of label
+            names; labels outside it are problems. Default: the sorted labels found (numbers sorted numerically).
+        sampling_rate: audio is resampled to this rate.
+        full_check: decode every image and audio file while loading (default: when there are at most 5000 files).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"{name}={fraction}: must be in [0, 1).")
+    if isinstance(source, str) and source == "quickstart":
+        return quickstart(seed=seed)
+    columns = {
+        "text": text_column,
+        "image": image_column,
+        "audio": audio_column,
+        "label": label_column,
+        "id": id_column,
+        "split": split_column,
+    }
+    with _quiet_datasets():
+        parts, base_dir, kind = _read_source(source)
+    loader = _Loader(columns, on_error, sampling_rate, full_check, label_map)
+    return loader.build(parts, base_dir, f"{source} ({kind})", val_fraction, test_fraction, seed)
+
+
+def quickstart(
+    train_size: int = 1500,
+    validation_size: int = 300,
+    test_size: int = 300,
+    *,
+    seed: int = 0,
+    modalities: tuple[str, ...] | list[str] = MODALITIES,
+    modality_prob: float = 0.5,
+    typo_rate: float = 0.15,
+    noise: bool = True,
+) -> Data:
+    """The bundled offline dataset: labels 0-9, each row a seeded non-empty subset of text, image and audio.
+
+    Fully offline (scikit-learn's digits, the committed espeak-ng clips, generated text) and deterministic for
+    a given seed and sizes. Labels are balanced in every split. ``noise=False`` returns clean images and audio.
+    """
+    import datasets
+
+    from zoo import _quickstart as qs
+
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities={list(modalities)}: pick a non-empty subset of {list(MODALITIES)}.")
+    sizes = {"train": train_size, "validation": validation_size, "test": test_size}
+    if any(n < 0 for n in sizes.values()) or train_size < 1:
+        raise ValueError(f"quickstart sizes {sizes}: train_size must be >= 1 and the others >= 0.")
+    rows = qs.make_rows(
+        sizes, seed=seed, modalities=tuple(modalities), modality_prob=modality_prob, typo_rate=typo_rate
+    )
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "label": datasets.Value("int64"),
+            **{m: datasets.Value("string") for m in MODALITIES},
+        }
+    )
+    splits = {}
+    for name in SPLITS:
+        ds = datasets.Dataset.from_dict(rows[name], features=features)
+        splits[name] = Split(name, ds, qs.QuickstartDecoder(seed=seed, split=name, noise=noise))
+    return Data(splits, {i: str(i) for i in range(10)}, Report(), f"quickstart (seed {seed})")
+
+
+# ----------------------------------------------------------------------------------------------------- load: reading
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Hide datasets' progress bars while loading (a summary is printed instead), restoring the setting."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _read_table(path: Path):
+    import datasets
+
+    kwargs = {"sep": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes).")
+    try:
+        return datasets.load_dataset(TABLE_FORMATS[path.suffix.lower()], data_files=str(path), split="train", **kwargs)
+    except Exception as e:  # datasets wraps parser errors in several types; name the file either way
+        raise DataError(
+            f"{path} cannot be read as {TABLE_FORMATS[path.suffix.lower()]} ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        split = SPLIT_ALIASES.get(path.stem.lower())
+        if split and path.is_file() and path.suffix.lower() in TABLE_FORMATS:
+            if split in found:
+                raise DataError(f"{folder} holds two {split} files: {found[split].name} and {path.name}; keep one.")
+            found[split] = path
+    return found
+
+
+def _read_source(source) -> tuple[list[tuple[str | None, Any, str]], Path | None, str]:
+    """-> parts [(split or None, datasets.Dataset, file name for messages)], base dir for relative paths, kind."""
+    import datasets
+
+    if isinstance(source, dict):
+        parts = []
+        for split, file in source.items():
+            name = SPLIT_ALIASES.get(str(split).lower())
+            if name is None:
+                raise DataError(f"source split {split!r}: use one of {list(SPLITS)}.")
+            path = Path(file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{split} file not found: {path}")
+            parts.append((name, _read_table(path), str(path)))
+        return parts, Path(next(iter(source.values()))).parent, "split files"
+    path = Path(os.path.expanduser(str(source)))
+    if path.is_file():
+        if path.suffix.lower() not in TABLE_FORMATS:
+            raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(TABLE_FORMATS)}.")
+        return [(None, _read_table(path), str(path))], path.parent, TABLE_FORMATS[path.suffix.lower()]
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            try:
+                saved = datasets.load_from_disk(str(path))
+            except Exception as e:
+                raise DataError(f"{path} looks like save_to_disk output but cannot be loaded ({e}).") from e
+            if isinstance(saved, datasets.DatasetDict):
+                return [(k, v, f"{path}[{k}]") for k, v in saved.items()], path, "save_to_disk"
+            return [(None, saved, str(path))], path, "save_to_disk"
+        files = _split_files(path)
+        if files:
+            return [(s, _read_table(p), str(p)) for s, p in files.items()], path, "split files"
+        return _read_folder(path), path, "folder"
+    looks_like_path = (
+        path.suffix.lower() in TABLE_FORMATS or str(source).startswith((".", "/", "~")) or os.sep * 2 in str(source)
+    )
+    if looks_like_path:
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    return _read_hub(str(source)), None, "hub"
+
+
+def _read_hub(source: str) -> list:
+    import datasets
+    import huggingface_hub
+
+    hint = (
+        "pass a local CSV/JSONL/Parquet file, a folder laid out as <label>/<file>, or a folder written by "
+        "Dataset.save_to_disk instead"
+    )
+    if datasets.config.HF_HUB_OFFLINE or huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise DataError(
+            f"{source!r} is not a local file or folder, and the Hugging Face hub is offline "
+            f"(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set): {hint}."
+        )
+    try:
+        loaded = datasets.load_dataset(source)
+    except Exception as e:
+        raise DataError(
+            f"{source!r} is not a local file or folder and could not be loaded from the hub "
+            f"({type(e).__name__}: {e}): {hint}."
+        ) from e
+    return [(k, v, f"{source}[{k}]") for k, v in loaded.items()]
+
+
+def _read_folder(root: Path) -> list:
+    """``root/<label>/<file>`` or ``root/<split>/<label>/<file>`` -> one table per split of (file, label, modality)."""
+    import datasets
+
+    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    by_split = bool(subdirs) and all(d.name.lower() in SPLIT_ALIASES for d in subdirs)
+    groups = [(SPLIT_ALIASES[d.name.lower()], d) for d in subdirs] if by_split else [(None, root)]
+    parts = []
+    for split, folder in groups:
+        cols: dict[str, list] = {"id": [], "label": [], "text_file": [], "image": [], "audio": []}
+        for label_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            for f in sorted(label_dir.rglob("*")):
+                ext = f.suffix.lower()
+                if not f.is_file() or f.name.startswith("."):
+                    continue
+                modality = "image" if ext in IMAGE_EXTENSIONS else "audio" if ext in AUDIO_EXTENSIONS else None
+                modality = "text" if ext in TEXT_EXTENSIONS else modality
+                if modality is None:
+                    continue
+                rel = f.relative_to(root).as_posix()
+                cols["id"].append(rel)
+                cols["label"].append(label_dir.name)
+                for m in MODALITIES:  # a folder's text is a .txt file, read while checking
+                    cols["text_file" if m == "text" else m].append(None if m != modality else rel)
+        if not cols["id"]:
+            raise DataError(
+                f"{folder} holds no <label>/<file> with a supported extension "
+                f"({sorted(IMAGE_EXTENSIONS | AUDIO_EXTENSIONS | TEXT_EXTENSIONS)}); lay it out as <label>/<file>, "
+                "or pass a CSV/JSONL/Parquet file or a save_to_disk folder."
+            )
+        ds = datasets.Dataset.from_dict(cols)
+        parts.append((split, ds, str(folder)))
+    return parts
+
+
+def _parse_label_map(label_map) -> dict[int, str]:
+    if isinstance(label_map, (str, os.PathLike)):
+        path = Path(label_map)
+        try:
+            label_map = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"label map {path} cannot be read as JSON ({e}).") from e
+    if isinstance(label_map, dict) and "id2label" in label_map:
+        label_map = label_map["id2label"]
+    if isinstance(label_map, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(label_map)}
+    if isinstance(label_map, dict):
+        keys = list(label_map)
+        try:
+            if all(isinstance(v, int) for v in label_map.values()):  # label2id
+                return {int(v): str(k) for k, v in label_map.items()}
+            return {int(k): str(v) for k, v in label_map.items()}
+        except (TypeError, ValueError) as e:
+            raise DataError(f"label map keys {keys[:5]}: expected ids (int) -> names, or names -> ids.") from e
+    raise DataError(f"label_map of type {type(label_map).__name__}: pass a JSON path, a dict or a list of names.")
+
+
+def _label_sort_key(name: str):
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ load: validation
+class _Loader:
+    """Normalises parts into rows, checks them, maps labels, splits, and wraps each split."""
+
+    def __init__(self, columns, on_error, sampling_rate, full_check, label_map):
+        self.columns, self.on_error, self.sampling_rate = columns, on_error, sampling_rate
+        self.full_check, self.label_map = full_check, label_map
+        self.report = Report()
+
+    def _resolve_columns(self, ds, file: str) -> dict[str, str]:
+        """Modality/label/id/split -> the column present in ``ds``; a missing column that was asked for is an error."""
+        defaults = {"text": "text", "image": "image", "audio": "audio", "label": "label", "id": "id", "split": "split"}
+        names = ds.column_names
+        found = {}
+        for key, col in self.columns.items():
+            if col in names:
+                found[key] = col
+            elif key == "text" and "text_file" in names:
+                found[key] = "text_file"
+            elif col != defaults[key]:
+                raise DataError(f"{file}: no column '{col}' ({key}_column); its columns are {names}.")
+        if not any(m in found for m in MODALITIES):
+            cols = {m: self.columns[m] for m in MODALITIES}
+            raise DataError(
+                f"{file}: none of the modality columns {cols} is present; its columns are {names}. "
+                "Name them with text_column=, image_column=, audio_column= (CLI: --text-column ...)."
+            )
+        return found
+
+    def build(self, parts, base_dir, source_name, val_fraction, test_fraction, seed) -> Data:
+        import datasets
+
+        decoder = FileDecoder(base_dir, self.sampling_rate)
+        rows: list[dict] = []  # normalised, undecoded rows of every part
+        n_files = 0
+        for split, ds, file in parts:
+            ds = _undecoded(ds)
+            cols = self._resolve_columns(ds, file)
+            decoder.columns[file] = cols
+            present = {k: ds.data.column(c).to_pylist() for k, c in cols.items()}
+            n_files += sum(v is not None for m in ("image", "audio") for v in present.get(m, []))
+            for i in range(len(ds)):
+                row = {"_file": file, "_row": i, "_columns": cols, "_split": split}
+                row["id"] = (
+                    str(present["id"][i])
+                    if "id" in present and present["id"][i] is not None
+                    else (f"{Path(file).stem}:{i}" if len(parts) > 1 else str(i))
+                )
+                row["label"] = present["label"][i] if "label" in present else None
+                for m in MODALITIES:
+                    value = present[m][i] if m in present else None
+                    row[m] = (
+                        None if value is None or (isinstance(value, str) and value == "" and m != "text") else value
+                    )
+                if "split" in present:
+                    row["_split_value"] = present["split"][i]
+                rows.append(row)
+        full = self.full_check if self.full_check is not None else n_files <= FULL_CHECK_MAX_FILES
+        if not full:
+            self.report.notes.append(
+                f"{n_files} files: only headers were checked; pixels and samples are decoded when read."
+            )
+        id2label, label2id = self._labels(rows)
+        bad: set[int] = set()
+        seen_ids: dict[str, int] = {}
+        for r, row in enumerate(rows):
+            problems = self._check_row(row, decoder, full, label2id)
+            if row["id"] in seen_ids:
+                first = rows[seen_ids[row["id"]]]
+                message = f"duplicate id {row['id']!r} (first in {first['_file']} row {first['_row']})"
+                problems.append(self._problem(row, "id", message))
+            seen_ids.setdefault(row["id"], r)
+            if problems:
+                bad.add(r)
+                self.report.problems.extend(problems)
+        if self.report.problems and self.on_error == "raise":
+            listed = "\n  ".join(str(p) for p in self.report.problems[:MAX_LISTED_PROBLEMS])
+            more = len(self.report.problems) - MAX_LISTED_PROBLEMS
+            raise DataError(
+                f"{source_name}: {len(self.report.problems)} problem(s) in {len(bad)} row(s):\n  {listed}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+                + "\nFix them, or pass on_error='skip' (CLI: --skip-bad) to skip these rows."
+            )
+        self.report.skipped_rows = len(bad)
+        rows = [row for r, row in enumerate(rows) if r not in bad]
+        if not rows:
+            raise DataError(f"{source_name}: no usable rows left after skipping {len(bad)} bad row(s):\n{self.report}")
+        assignment = self._splits(rows, val_fraction, test_fraction, seed)
+        present_modalities = [m for m in MODALITIES if any(row[m] is not None for row in rows)]
+        splits = {}
+        for name in SPLITS:
+            chosen = [rows[i] for i in assignment[name]]
+            table = {"id": [row["id"] for row in chosen], "label": [row["label_id"] for row in chosen]}
+            for m in present_modalities:
+                table[m] = [row[m] for row in chosen]
+            table["_file"] = [row["_file"] for row in chosen]
+            table["_row"] = [row["_row"] for row in chosen]
+            ds = datasets.Dataset.from_dict(table) if chosen else _empty_table(present_modalities)
+            splits[name] = Split(name, ds, decoder)
+        return Data(splits, id2label, self.report, source_name)
+
+    def _problem(self, row: dict, key: str | None, message: str) -> Problem:
+        column = row["_columns"].get(key, key) if key else None
+        return Problem(row["_file"], row["_row"], column, message, row["_split"])
+
+    def _check_row(self, row: dict, decoder: FileDecoder, full: bool, label2id: dict) -> list[Problem]:
+        problems = []
+        text = row["text"]
+        if text is not None:
+            try:
+                if row["_columns"].get("text") == "text_file":  # a folder's .txt file: its content is the text
+                    f, name = _open_media(text, decoder.base_dir)
+                    try:
+                        text = Path(f).read_text(encoding="utf-8")
+                    except UnicodeDecodeError as e:
+                        raise DataError(f"{name} is not UTF-8 text ({e})") from e
+                row["text"] = _check_text(text)
+            except (DataError, FileNotFoundError) as e:
+                problems.append(self._problem(row, "text", str(e)))
+        for m, decode in (("image", decode_image), ("audio", decode_audio)):
+            if row[m] is None:
+                continue
+            try:
+                decode(row[m], decoder.base_dir, full=full)
+            except (DataError, FileNotFoundError) as e:
+                problems.append(self._problem(row, m, str(e)))
+        if all(row[m] is None for m in MODALITIES):
+            cols = [row["_columns"][m] for m in MODALITIES if m in row["_columns"]]
+            problems.append(self._problem(row, None, f"row has no modality: columns {cols} are all empty"))
+        label = row["label"]
+        row["label_id"] = None
+        if label is not None:
+            key = _label_name(label)
+            if key not in label2id:
+                known = list(label2id)[:20]
+                problems.append(self._problem(row, "label", f"unknown label {key!r}; the label map has {known}"))
+            else:
+                row["label_id"] = label2id[key]
+        return problems
+
+    def _labels(self, rows: list[dict]) -> tuple[dict[int, str], dict[str, int]]:
+        if self.label_map is not None:
+            id2label = _parse_label_map(self.label_map)
+        else:
+            names = sorted({_label_name(row["label"]) for row in rows if row["label"] is not None}, key=_label_sort_key)
+            id2label = dict(enumerate(names))
+        return id2label, {v: k for k, v in id2label.items()}
+
+    def _splits(self, rows, val_fraction, test_fraction, seed) -> dict[str, list[int]]:
+        """Row indices per split: from the data when it says, else carved out of train with ``seed``."""
+        assignment: dict[str, list[int]] = {s: [] for s in SPLITS}
+        unassigned = []
+        for i, row in enumerate(rows):
+            split = row["_split"]
+            if "_split_value" in row:
+                value = row["_split_value"]
+                split = SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
+                if split is None:
+                    raise DataError(
+                        f"{row['_file']} row {row['_row']}, column '{row['_columns']['split']}': split {value!r} is "
+                        f"not one of {sorted(set(SPLIT_ALIASES))}; fix it or name another column with split_column=."
+                    )
+            (assignment[split] if split else unassigned).append(i)
+        assignment["train"] += unassigned
+        if not assignment["train"]:
+            raise DataError("the data defines no train rows; add a train split (or rows without a split).")
+        total = sum(len(v) for v in assignment.values())
+        for name, fraction in (("test", test_fraction), ("validation", val_fraction)):
+            if assignment[name] or fraction == 0:
+                continue
+            n = int(round(fraction * total))
+            train = assignment["train"]
+            if n == 0 or n >= len(train):
+                continue
+            labels = [rows[i]["label_id"] if rows[i]["label_id"] is not None else -1 for i in train]
+            keep, moved = _stratified_split(train, labels, n, seed, self.report, name)
+            assignment["train"], assignment[name] = keep, moved
+        return {k: sorted(v) for k, v in assignment.items()}
+
+
+def _stratified_split(indices, labels, n, seed, report, name):
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, moved = train_test_split(indices, test_size=n, stratify=labels, random_state=seed)
+    except ValueError as e:  # a label with a single row cannot be stratified
+        report.notes.append(f"{name} split not stratified ({e}).")
+        keep, moved = train_test_split(indices, test_size=n, random_state=seed)
+    return list(keep), list(moved)
+
+
+def _label_name(label) -> str:
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    return str(label).strip()
+
+
+def _undecoded(ds):
+    """Cast Image/Audio feature columns to decode=False so values are {bytes, path} (we decode them ourselves)."""
+    import datasets
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, (datasets.Image, datasets.Audio)) and feature.decode:
+            ds = ds.cast_column(name, type(feature)(decode=False))
+    return ds
+
+
+def _empty_table(modalities):
+    import datasets
+
+    features = {"id": datasets.Value("string"), "label": datasets.Value("int64")}
+    features.update({m: datasets.Value("string") for m in modalities})
+    features.update({"_file": datasets.Value("string"), "_row": datasets.Value("int64")})
+    return datasets.Dataset.from_dict({k: [] for k in features}, features=datasets.Features(features))
+
+
+# ----------------------------------------------------------------------------------------------------------------- cli
+def add_cli(subparsers) -> None:
+    """Register ``zoo data SOURCE``: load, check and summarise a dataset."""
+    p = subparsers.add_parser(
+        "data",
+        help="check a dataset and print a summary",
+        description="Load a dataset (CSV/JSONL/Parquet file, <label>/<file> folder, save_to_disk folder, hub id, or "
+        "'quickstart'), check every row, and print rows per split, modalities, labels and every problem found. "
+        "Exits 1 when there are problems, unless --skip-bad.",
+    )
+    p.add_argument("source")
+    for key in ("text", "image", "audio", "label", "id", "split"):
+        p.add_argument(
+            f"--{key}-column", default=key, metavar="NAME", help=f"column holding the {key} (default: {key})"
+        )
+    p.add_argument("--skip-bad", action="store_true", help="skip rows with problems (they are still listed)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-map", default=None, help="JSON label map to use (labels outside it are problems)")
+    p.add_argument("--save-label-map", default=None, metavar="PATH", help="write the label map JSON here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    data = load(
+        args.source,
+        text_column=args.text_column,
+        image_column=args.image_column,
+        audio_column=args.audio_column,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        split_column=args.split_column,
+        on_error="skip",
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        label_map=args.label_map,
+    )
+    print(json.dumps(data.summary(), indent=2, ensure_ascii=False) if args.json else data)
+    if args.save_label_map:
+        print(f"label map written to {data.save_label_map(args.save_label_map)}")
+    if data.report.problems and not args.skip_bad:
+        print(
+            f"zoo data: {len(data.report.problems)} problem(s); fix them or pass --skip-bad to skip those rows.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
