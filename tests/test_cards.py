@@ -3,6 +3,7 @@ code, the accuracy-vs-latency plot, robustness to missing keys, and ``zoo card``
 
 import json
 import re
+import shutil
 
 import pytest
 from huggingface_hub import ModelCard
@@ -97,6 +98,17 @@ def test_card_usage_code_runs_against_the_folder(run_dir, capsys):
     exec(compile(code, "card-snippet", "exec"), {"__name__": "card_snippet"})
     label = capsys.readouterr().out.split()[0]
     assert label in {"cat", "dog", "bird"}
+
+
+def test_card_lists_the_runs_other_students_with_code_that_loads_them(run_dir, capsys):
+    shutil.copytree(run_dir, run_dir.parent / "pruned")
+    shutil.move(run_dir.parent / "pruned", run_dir / "pruned")
+    shutil.copytree(run_dir / "pruned", run_dir / "checkpoints" / "prune")  # training state: not a variant
+    text = str(build_card(run_dir))
+    assert "- `pruned/`: pruned + KD recovery (84.00% test accuracy)" in text and "`checkpoints/`" not in text
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
+    exec(compile(code, "card-snippets", "exec"), {"__name__": "card_snippet"})
+    assert capsys.readouterr().out.split()[0] in {"cat", "dog", "bird"}
 
 
 def test_accuracy_vs_latency_plot_is_written_atomically(run_dir):

@@ -6,6 +6,7 @@ arguments, through monkeypatched methods.
 """
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -107,15 +108,23 @@ def test_push_validates_then_uploads_with_the_right_arguments(run_dir, monkeypat
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     (run_dir / ".README.md.123.tmp").write_text("left over by an interrupted write")
+    # the trainer's layout: other students in subfolders, training state that must stay local
+    shutil.copytree(run_dir, run_dir.parent / "int8")
+    shutil.move(run_dir.parent / "int8", run_dir / "int8")
+    (run_dir / "checkpoints" / "prune").mkdir(parents=True)
+    (run_dir / "checkpoints" / "prune" / "optimizer.bin").write_bytes(b"accelerate state (pickle)")
+    shutil.copytree(run_dir / "int8", run_dir / "teachers" / "image")
     assert main(["push", str(run_dir), "me/student", "--private", "--message", "first"]) == 0
     assert capsys.readouterr().out.strip() == "https://huggingface.co/me/student/commit/abc"
     assert calls["create_repo"] == ("me/student", {"private": True, "exist_ok": True, "repo_type": "model"})
     up = calls["upload_folder"]
     assert up["repo_id"] == "me/student" and up["folder_path"] == str(run_dir) and up["commit_message"] == "first"
     expected = ["README.md", "accuracy_vs_latency.png", "config.json", "metrics.json", "model.safetensors"]
-    assert sorted(up["allow_patterns"]) == expected
+    expected += ["int8/README.md", "int8/config.json", "int8/metrics.json", "int8/model.safetensors"]
+    assert sorted(up["allow_patterns"]) == sorted(expected)
     card = ModelCard.load(run_dir / "README.md")  # regenerated so its usage code loads the repo
     assert 'zoo.load("me/student")' in card.text and card.data.model_name == "me/student"
+    assert "- `int8/`: int8 (83.00% test accuracy)" in card.text and 'snapshot_download("me/student")' in card.text
 
 
 def test_push_offline_fails_clearly(run_dir):

@@ -59,6 +59,9 @@ TABLE_ORDER = [
 ]
 PIPELINE_TAGS = {"image": "image-classification", "audio": "audio-classification", "text": "text-classification"}
 EXAMPLE_TEXT = "an example sentence"
+# Subfolders of a run that stay local: resume checkpoints, teacher outputs, teachers trained for the run.
+LOCAL_ONLY_DIRS = ("checkpoints", "teacher_cache", "teachers")
+SUBFOLDER_MODELS = {"hardware": "hardware_adapt"}  # subfolder -> metrics.json entry, where the names differ
 PLOT_TITLES = {"training_curves.png": "Training curves", PLOT_NAME: "Accuracy against latency"}
 
 
@@ -118,10 +121,22 @@ def is_hub_id(value: str) -> bool:
 
 
 def display_name(value: str) -> str:
-    """A hub id as is; a local path by its last part, so a published card does not show the author's file tree."""
-    if value == NA or is_hub_id(value):
-        return value
-    return f"{Path(value.rstrip('/')).name} (local)"
+    """A local path by its last part (a published card should not show the author's file tree); else as is."""
+    looks_like_path = value.startswith((".", "/", "~")) or value.count("/") > 1 or os.path.exists(value)
+    return f"{Path(value.rstrip('/')).name} (local)" if looks_like_path and value != NA else value
+
+
+def student_subfolders(folder: str | os.PathLike) -> list[Path]:
+    """Subfolders that hold another student of the run (raw_student/, pruned/, int8/, ...), not training state."""
+    return sorted(
+        d
+        for d in Path(folder).iterdir()
+        if d.is_dir()
+        and d.name not in LOCAL_ONLY_DIRS
+        and not d.name.startswith(".")
+        and (d / "config.json").exists()
+        and (d / "model.safetensors").exists()
+    )
 
 
 # ------------------------------------------------------------------------------------------------ run facts
@@ -146,6 +161,13 @@ def _rollbacks(value) -> int | None:
     return int(value) if _num(value) is not None else None
 
 
+def _fmt_schedule(value) -> str:
+    """A number, or a [start, end] schedule as "start -> end"."""
+    if isinstance(value, (list, tuple)) and value and all(_num(v) is not None for v in value):
+        return " -> ".join(f"{v:g}" for v in value) if len(set(value)) > 1 else f"{value[0]:g}"
+    return fmt_value(value)
+
+
 def _stages(run: dict) -> list[dict]:
     rows = []
     for s in run.get("stages") or []:
@@ -154,10 +176,10 @@ def _stages(run: dict) -> list[dict]:
         rb = _rollbacks(s.get("rollbacks"))
         rows.append(
             {
-                "name": str(s.get("name", NA)),
+                "name": str(s.get("name", NA)) + (f" ({s['status']})" if s.get("status") not in (None, "done") else ""),
                 "steps": fmt_value(s.get("steps")),
                 "lr": fmt_value(s.get("lr")),
-                "temperature": fmt_value(s.get("temperature")),
+                "temperature": _fmt_schedule(s.get("temperature")),
                 "rollbacks": NA if rb is None else str(rb),
                 "_steps": _num(s.get("steps")),
                 "_rollbacks": rb,
@@ -184,10 +206,16 @@ def controller_summary(run: dict) -> list[str]:
     steps = [p["step"] for p in points if _num(p.get("step")) is not None]
     span = f" over steps {fmt_value(min(steps))}-{fmt_value(max(steps))}" if steps else ""
     lines.append(f"{len(points)} recorded updates{span}.")
-    keys = [k for k in points[0] if k not in ("step", "stage")] if points else []
+    keys = [k for k in points[0] if k != "stage" and not k.endswith("step")] if points else []
     for key in keys:
         values = [p[key] for p in points if _num(p.get(key)) is not None]
-        if values:
+        if not values:
+            continue
+        distinct = sorted(set(values))
+        if len(distinct) <= 6 and len(values) > len(distinct):  # a discrete choice (an arm): how often each
+            counts = ", ".join(f"{v:.4g} x{values.count(v)}" for v in distinct)
+            lines.append(f"`{key}`: {counts}; last {values[-1]:.4g}")
+        else:
             lines.append(f"`{key}`: {values[0]:.4g} -> {values[-1]:.4g} (min {min(values):.4g}, max {max(values):.4g})")
     return lines
 
@@ -348,6 +376,10 @@ def build_card(
     id2label = config.get("id2label") or {}
     labels = ", ".join(id2label[k] for k in sorted(id2label, key=lambda k: int(k) if k.isdigit() else k))
     teachers = _teachers(run)
+    for t in teachers:  # teachers trained by this run live inside the folder: name them by their place there
+        inside = Path(t["id"]).expanduser().resolve()
+        if t["id"] != NA and inside.is_relative_to(folder.resolve()):
+            t["display"] = f"{inside.relative_to(folder.resolve()).as_posix()} (trained in this run)"
     dataset_id = _name(run.get("dataset"), "id", "name") or NA
     dataset = display_name(_name(run.get("dataset"), "name", "id") or NA)
     ds = run.get("dataset")
@@ -422,6 +454,15 @@ def build_card(
         + f" on {dataset} with the distill-zoo recipe `{recipe}`."
     )
     final_entry = models.get(final) or {}
+    variants = [
+        {
+            "folder": d.name,
+            "name": MODEL_LABELS.get(key, key),
+            "accuracy": fmt_pct((models.get(key) or {}).get("accuracy")),
+        }
+        for d in student_subfolders(folder)
+        for key in [SUBFOLDER_MODELS.get(d.name, d.name)]
+    ]
     limitations = [
         f"Evaluated on the {split} split of {dataset} only"
         + (f" ({run['dataset']['splits'][split]} samples)" if _split_size(run, split) else "")
@@ -460,6 +501,8 @@ def build_card(
         split=split,
         machine=run.get("machine"),
         rows=table_rows(metrics),
+        variants=variants,
+        load_is_hub=repo_id is not None and is_hub_id(repo_id),
         highlights=highlights(metrics, final),
         recipe=recipe,
         stages=stages,

@@ -2,7 +2,9 @@
 
 Before anything goes up, ``validate_folder_for_push`` proves the folder is complete and loads back: config.json
 and model.safetensors rebuild the student strictly, the card parses and names the library, metrics.json is
-valid, and no pickled file (.bin, .pt, .pkl, ...) is present. Only the files it lists are uploaded. Loading
+valid, and no pickled file (.bin, .pt, .pkl, ...) is present. Only the files it lists are uploaded: the student,
+the run's other students in subfolders (raw_student/, pruned/, int8/), its card, metrics and plots; resume
+checkpoints, the teacher cache and teachers trained for the run stay local. Loading
 from the hub is ``zoo.load(hub_id)`` (see ``zoo.io.resolve_model_folder``).
 """
 
@@ -14,9 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from zoo.cards import CARD_MARKER, CARD_NAME, write_card
+from zoo.cards import CARD_MARKER, CARD_NAME, student_subfolders, write_card
 
-UPLOAD_PATTERNS = ("*.json", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.onnx")
+UPLOAD_PATTERNS = ("*.json", "*.jsonl", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.onnx")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
 
 
@@ -35,14 +37,19 @@ def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass a student folder written by save_pretrained.")
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    # the student's own files and the run's other students; checkpoints, caches and teachers stay local
+    students = [folder, *student_subfolders(folder)]
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    files += [p.relative_to(folder).as_posix() for d in students[1:] for p in d.rglob("*") if p.is_file()]
+    files = sorted(f for f in files if not any(part.startswith(".") for part in f.split("/")))  # tmp files
     pickled = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
     if pickled:
         raise ValueError(
             f"{folder} holds pickled or raw-array files {pickled}; only safetensors weights are published. "
-            "Remove them (the student is config.json + model.safetensors)."
+            "Remove them (a student is config.json + model.safetensors)."
         )
-    HybridStudent.from_pretrained(folder)  # strict: missing, extra or mis-shaped tensors are errors naming the file
+    for d in students:
+        HybridStudent.from_pretrained(d)  # strict: missing, extra or mis-shaped tensors are errors naming the file
     card_path = folder / CARD_NAME
     if not card_path.exists():
         raise FileNotFoundError(f"{card_path} is missing; write the model card with `zoo card {folder}`.")
@@ -62,9 +69,7 @@ def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
                 json.loads((folder / f).read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{folder / f} is not valid JSON ({e}); re-save the student.") from e
-    # hidden files are the tmp files of interrupted atomic writes or tool state; never publish them
-    visible = [f for f in files if not any(part.startswith(".") for part in f.split("/"))]
-    return [f for f in visible if any(fnmatch(Path(f).name, p) for p in UPLOAD_PATTERNS)]
+    return [f for f in files if any(fnmatch(Path(f).name, p) for p in UPLOAD_PATTERNS)]
 
 
 def push_folder(
