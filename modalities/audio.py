@@ -61,7 +61,7 @@ class AudioConfig:
             )
 
 
-def _waveform(sample, index: int) -> tuple[torch.Tensor, int]:
+def to_mono_waveform(sample, index: int) -> tuple[torch.Tensor, int]:
     """One audio sample in any accepted form -> (mono float waveform (T,), sample rate)."""
     if isinstance(sample, dict):
         if "array" not in sample or "sampling_rate" not in sample:
@@ -122,7 +122,7 @@ class AudioPreprocessor:
         """One sample -> mono waveform at the student's rate, cropped or padded to the clip length."""
         import torchaudio.functional as AF
 
-        wave, sr = _waveform(sample, index)
+        wave, sr = to_mono_waveform(sample, index)
         if sr != self.config.sample_rate:
             wave = AF.resample(wave, sr, self.config.sample_rate)
         n = self.config.clip_samples

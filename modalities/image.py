@@ -52,7 +52,7 @@ class ImageConfig:
                 raise ValueError(f"image {name} has {len(getattr(self, name))} values; in_chans is {self.in_chans}.")
 
 
-def _to_chw_float(image, index: int) -> torch.Tensor:
+def to_chw_float(image, index: int) -> torch.Tensor:
     """One image in any accepted form -> float tensor (C, H, W) in 0-1."""
     try:
         from PIL import Image
@@ -92,7 +92,7 @@ def _to_chw_float(image, index: int) -> torch.Tensor:
     )
 
 
-def _match_channels(t: torch.Tensor, in_chans: int) -> torch.Tensor:
+def match_channels(t: torch.Tensor, in_chans: int) -> torch.Tensor:
     if t.shape[0] == 4:  # RGBA: drop alpha
         t = t[:3]
     if in_chans == 3 and t.shape[0] == 1:
@@ -118,7 +118,7 @@ class ImagePreprocessor:
             if image is None:
                 present.append(False)
                 continue
-            t = _match_channels(_to_chw_float(image, i), c)
+            t = match_channels(to_chw_float(image, i), c)
             if t.shape[1] == 0 or t.shape[2] == 0:
                 raise ValueError(f"image of sample {i} is empty (shape {tuple(t.shape)}).")
             if t.shape[1:] != (s, s):

@@ -94,12 +94,12 @@ def to_pil_rgb(image, sample_id: Any):
     """
     from PIL import Image
 
-    from zoo.modalities.image import _match_channels, _to_chw_float
+    from zoo.modalities.image import match_channels, to_chw_float
 
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
     try:
-        t = _match_channels(_to_chw_float(image, sample_id), 3)
+        t = match_channels(to_chw_float(image, sample_id), 3)
     except (TypeError, ValueError) as e:
         raise type(e)(f"teacher input: {e}") from e
     arr = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -110,9 +110,9 @@ def waveform_at(audio, sample_rate: int, sample_id: Any) -> np.ndarray:
     """One audio sample ``{"array", "sampling_rate"}`` -> mono float32 waveform resampled to ``sample_rate``."""
     import torchaudio.functional as AF
 
-    from zoo.modalities.audio import _waveform
+    from zoo.modalities.audio import to_mono_waveform
 
-    wave, sr = _waveform(audio, sample_id)
+    wave, sr = to_mono_waveform(audio, sample_id)
     if sr != sample_rate:
         wave = AF.resample(wave, sr, sample_rate)
     return wave.numpy()
