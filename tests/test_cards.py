@@ -25,11 +25,20 @@ RUN = {
     "dataset": {"name": "quickstart", "splits": {"test": 300}},
     "teachers": {"image": "google/vit-base-patch16-224", "audio": {"path": "/nonexistent/local_ast"}},
     "stages": [
-        {"name": "soft_distill", "steps": 100, "lr": 1e-3, "temperature": 4.0, "rollbacks": 0},
+        {"name": "soft_distill", "steps": 100, "lr": 1e-3, "temperature": [4.0, 2.0], "rollbacks": 0},
         {"name": "prune", "steps": 50, "lr": 5e-4, "temperature": 2.0, "rollbacks": [{"step": 120}]},
+        {"name": "hardware_adapt", "steps": 0, "lr": 1e-4, "status": "skipped", "reason": "no latency budget"},
     ],
-    "controller": {"trajectory": [{"step": 10, "kd_weight": 0.5}, {"step": 20, "kd_weight": 0.75}]},
+    "raw_student": {"steps": 150, "lr": 1e-3, "weights": {"ce": 1.0, "kl": 0.0}},
+    "controller": {
+        "trajectory": [
+            {"step": 10, "kd_weight": 0.5, "arm": 1, "end_step": 20},
+            {"step": 20, "kd_weight": 0.75, "arm": 2, "end_step": 30},
+            {"step": 30, "kd_weight": 0.6, "arm": 1},
+        ]
+    },
 }
+RUN["stages"][0]["weights"] = {"ce": 0.2, "kl": 0.8, "adaptive": 0.0}
 
 
 def make_student_folder(folder, models=MODELS, run=RUN, modalities=("image", "audio")):
@@ -82,13 +91,24 @@ def test_card_table_and_lineage_come_from_metrics(run_dir):
     assert table_row(text, "distilled student")[1] == "85.00%"
     assert table_row(text, "pruned + KD recovery")[3] == f"{3e6 / 2**20:.2f} MiB"  # measured peak, no estimate mark
     assert table_row(text, "int8")[3:] == [f"≈ {150_000 / 2**10:.2f} KiB", f"{160_000 / 2**10:.2f} KiB", "150.00K"]
-    assert table_row(text, "soft_distill") == ["soft_distill", "100", "0.001", "4", "0"]
-    assert table_row(text, "prune") == ["prune", "50", "0.0005", "2", "1"]
-    assert "150 training steps in 2 stage(s), 1" in text
-    assert "`kd_weight`: 0.5 -> 0.75" in text
+    assert table_row(text, "soft_distill") == ["soft_distill", "100", "0.001", "4 -> 2", "ce 0.2, kl 0.8", "0"]
+    assert table_row(text, "prune") == ["prune", "50", "0.0005", "2", "n/a", "1"]
+    assert table_row(text, "hardware_adapt (skipped)")[1] == "0"
+    assert "- hardware_adapt (skipped): no latency budget" in text
+    assert "150 training steps in 3 stage(s), 1" in text
+    assert "trained for 150 steps at learning rate 0.001, loss weights ce 1." in text
+    assert "3 recorded updates over steps 10-30." in text
+    assert "`kd_weight`: 0.5 -> 0.6 (min 0.5, max 0.75)" in text and "`arm`: 1 x2, 2 x1; last 1" in text
     assert "keeps 89.5% of the teacher's accuracy" in text  # 0.85 / 0.95
     assert "(300 samples)" in text
     assert f"]({PLOT_NAME})" in text
+
+
+def test_card_names_teachers_trained_in_the_run_without_local_paths(tmp_path):
+    run = {**RUN, "teachers": {"image": str(tmp_path / "run" / "teachers" / "image")}, "teachers_trained_here": True}
+    card = build_card(make_student_folder(tmp_path / "run", run=run))
+    assert "image: `image (trained in this run)`" in card.text and "teachers/image" not in card.text
+    assert "distilled from image teachers trained in this run" in card.text and card.data.base_model is None
 
 
 def test_card_usage_code_runs_against_the_folder(run_dir, capsys):

@@ -61,7 +61,8 @@ PIPELINE_TAGS = {"image": "image-classification", "audio": "audio-classification
 EXAMPLE_TEXT = "an example sentence"
 # Subfolders of a run that stay local: resume checkpoints, teacher outputs, teachers trained for the run.
 LOCAL_ONLY_DIRS = ("checkpoints", "teacher_cache", "teachers")
-SUBFOLDER_MODELS = {"hardware": "hardware_adapt"}  # subfolder -> metrics.json entry, where the names differ
+SUBFOLDER_MODELS = {"hardware": "hardware_adapt"}
+VARIANT_PREFERENCE = {"int8": 0, "hardware": 1, "pruned": 2}  # subfolder -> metrics.json entry, where the names differ
 PLOT_TITLES = {"training_curves.png": "Training curves", PLOT_NAME: "Accuracy against latency"}
 
 
@@ -168,6 +169,14 @@ def _fmt_schedule(value) -> str:
     return fmt_value(value)
 
 
+def _fmt_weights(weights) -> str:
+    """The stage's non-zero loss weights, e.g. "ce 0.2, kl 0.8"."""
+    if not isinstance(weights, dict):
+        return NA
+    parts = [f"{k} {v:g}" for k, v in weights.items() if _num(v)]
+    return ", ".join(parts) or "0"
+
+
 def _stages(run: dict) -> list[dict]:
     rows = []
     for s in run.get("stages") or []:
@@ -180,12 +189,25 @@ def _stages(run: dict) -> list[dict]:
                 "steps": fmt_value(s.get("steps")),
                 "lr": fmt_value(s.get("lr")),
                 "temperature": _fmt_schedule(s.get("temperature")),
+                "weights": _fmt_weights(s.get("weights")),
+                "note": s.get("reason") if isinstance(s.get("reason"), str) else None,
                 "rollbacks": NA if rb is None else str(rb),
                 "_steps": _num(s.get("steps")),
                 "_rollbacks": rb,
             }
         )
     return rows
+
+
+def _baseline(run: dict) -> str | None:
+    """How the raw student (the no-distillation baseline) was trained, from run.raw_student."""
+    raw = run.get("raw_student")
+    if not isinstance(raw, dict):
+        return None
+    return (
+        f"{fmt_value(raw.get('steps'))} steps at learning rate {fmt_value(raw.get('lr'))}, "
+        f"loss weights {_fmt_weights(raw.get('weights'))}"
+    )
 
 
 def controller_summary(run: dict) -> list[str]:
@@ -376,10 +398,9 @@ def build_card(
     id2label = config.get("id2label") or {}
     labels = ", ".join(id2label[k] for k in sorted(id2label, key=lambda k: int(k) if k.isdigit() else k))
     teachers = _teachers(run)
-    for t in teachers:  # teachers trained by this run live inside the folder: name them by their place there
-        inside = Path(t["id"]).expanduser().resolve()
-        if t["id"] != NA and inside.is_relative_to(folder.resolve()):
-            t["display"] = f"{inside.relative_to(folder.resolve()).as_posix()} (trained in this run)"
+    for t in teachers:  # teachers trained by the run: say so rather than show a path on the author's machine
+        if run.get("teachers_trained_here") and not is_hub_id(t["id"]):
+            t["display"] = f"{Path(t['id']).name} (trained in this run)"
     dataset_id = _name(run.get("dataset"), "id", "name") or NA
     dataset = display_name(_name(run.get("dataset"), "name", "id") or NA)
     ds = run.get("dataset")
@@ -447,6 +468,8 @@ def build_card(
     sample_rate = int(audio.get("sample_rate", 16000))
     label = MODEL_LABELS.get(final, final) if final else "student"
     teacher_names = ", ".join(f"`{t['display']}` ({t['modality']})" for t in teachers) or NA
+    if teachers and run.get("teachers_trained_here"):
+        teacher_names = f"{', '.join(t['modality'] for t in teachers)} teachers trained in this run"
     summary = (
         f"A {fmt_params(params)}-parameter {label} for {', '.join(modalities) or NA} classification "
         f"({num_classes} classes), "
@@ -454,15 +477,13 @@ def build_card(
         + f" on {dataset} with the distill-zoo recipe `{recipe}`."
     )
     final_entry = models.get(final) or {}
-    variants = [
-        {
-            "folder": d.name,
-            "name": MODEL_LABELS.get(key, key),
-            "accuracy": fmt_pct((models.get(key) or {}).get("accuracy")),
-        }
-        for d in student_subfolders(folder)
-        for key in [SUBFOLDER_MODELS.get(d.name, d.name)]
-    ]
+    variants = []
+    for d in student_subfolders(folder):
+        key = SUBFOLDER_MODELS.get(d.name, d.name)
+        accuracy = fmt_pct((models.get(key) or {}).get("accuracy"))
+        variants.append({"folder": d.name, "name": MODEL_LABELS.get(key, key), "accuracy": accuracy})
+    # the usage example loads the most useful other student: the deployable int8 one when there is one
+    example_variant = min(variants, key=lambda v: VARIANT_PREFERENCE.get(v["folder"], 9), default=None)
     limitations = [
         f"Evaluated on the {split} split of {dataset} only"
         + (f" ({run['dataset']['splits'][split]} samples)" if _split_size(run, split) else "")
@@ -502,6 +523,7 @@ def build_card(
         machine=run.get("machine"),
         rows=table_rows(metrics),
         variants=variants,
+        example_variant=example_variant,
         load_is_hub=repo_id is not None and is_hub_id(repo_id),
         highlights=highlights(metrics, final),
         recipe=recipe,
@@ -509,6 +531,8 @@ def build_card(
         total_steps=fmt_value(sum(steps)) if steps else NA,
         total_rollbacks=str(sum(rollbacks)) if rollbacks else NA,
         controller=controller_summary(run),
+        baseline=_baseline(run),
+        stage_notes=[f"{st['name']}: {st['note']}" for st in stages if st["note"]],
         plots=plots,
         limitations=limitations,
     )
