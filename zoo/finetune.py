@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -139,6 +140,11 @@ def finetune(
     source = data if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
     data = zoo.data.load(data) if isinstance(data, (str, os.PathLike)) else data
     model = zoo.load(str(student))
+    if model.config.quantization:
+        raise ValueError(
+            f"{student} is an int8 student; fine-tune the float student it was made from (the run folder's top "
+            "level, not int8/) and quantize the result again."
+        )
     mods = model.config.modalities
     if not set(data.modalities) & set(mods):
         raise ValueError(f"the data carries {data.modalities} but the student takes {mods}; no sample can be used.")
@@ -254,17 +260,21 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)  # two threads on a shared core only slow training down
     out = args.out or f"{Path(str(args.student).rstrip('/')).name}-finetuned"
-    folder = finetune(
-        args.student,
-        args.data,
-        out,
-        teachers=_parse_teachers(args.teacher),
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    try:
+        folder = finetune(
+            args.student,
+            args.data,
+            out,
+            teachers=_parse_teachers(args.teacher),
+            steps=args.steps,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+    except OSError as e:  # a hub id, catalogue name or teacher id while offline; a missing folder
+        print(f"zoo finetune: error: {e}", file=sys.stderr)
+        return 1
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     from zoo.bench import format_table
 
