@@ -100,4 +100,7 @@ def test_finetune_bad_teacher_spec(base_student, image_data, tmp_path, capsys):
 def test_finetune_offline_hub_id_is_one_clear_line(image_data, tmp_path, capsys):
     assert main(["finetune", "someone/missing-student", "--data", str(image_data), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("zoo finetune: error: cannot download 'someone/missing-student': offline") and err.count("\n") == 1
+    assert (
+        err.startswith("zoo finetune: error: cannot download 'someone/missing-student': offline")
+        and err.count("\n") == 1
+    )
