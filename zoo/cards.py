@@ -387,6 +387,11 @@ def build_card(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass a student folder written by `zoo distill`.")
+    if not TEMPLATE_PATH.exists():
+        raise FileNotFoundError(
+            f"the model card template {TEMPLATE_PATH} is missing; install distill-zoo from its source tree "
+            "(`pip install -e .`), which holds model_cards/."
+        )
     metrics = read_metrics(folder)
     run = metrics.get("run") if isinstance(metrics.get("run"), dict) else {}
     config = _read_config(folder)
