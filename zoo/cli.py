@@ -13,6 +13,7 @@ import sys
 # Modules that define add_cli(subparsers). Order is the order of `zoo --help`.
 COMMAND_MODULES = [
     "zoo.registry",
+    "zoo.distill",
     "zoo.data",
     "zoo.finetune",
     "zoo.cards",

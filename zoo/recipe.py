@@ -175,8 +175,9 @@ class TeacherTraining:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 256
-    image_size: int = 32
+    image_size: int = 16
     patch_size: int = 4
+    audio_mel_bins: int = 64
     text_max_length: int = 32
     text_vocab_size: int = 2048
 
