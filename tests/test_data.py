@@ -239,6 +239,8 @@ def test_duplicate_ids_and_bad_split_values(tmp_path):
     )
     with pytest.raises(DataError, match=r"s.csv row 1, column 'split': split 'holdout'"):
         load(tmp_path / "s.csv")
+    data = load(tmp_path / "s.csv", on_error="skip")
+    assert len(data.splits["train"]) == 1 and data.report.skipped_rows == 1
 
 
 def test_label_maps(tmp_path):

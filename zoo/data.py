@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -89,7 +90,10 @@ class Report:
         return bool(self.problems)
 
     def __str__(self) -> str:
-        lines = [f"problems: {len(self.problems)} (rows skipped: {self.skipped_rows})"]
+        if not self.problems:
+            lines = ["problems: none"]
+        else:
+            lines = [f"problems: {len(self.problems)} (rows skipped: {self.skipped_rows})"]
         lines += [f"  {p}" for p in self.problems]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -123,23 +127,28 @@ def _open_media(value: Any, base_dir: Path | None):
 
 
 def decode_image(value: Any, base_dir: Path | None = None, full: bool = True):
-    """Open an image with PIL (``full`` loads the pixels, else only the header is read)."""
+    """Open an image with PIL and load its pixels; without ``full`` only read the header and return None."""
     from PIL import Image, UnidentifiedImageError
 
     f, name = _open_media(value, base_dir)
     try:
         image = Image.open(f)
-        if full:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if not full:
+            image.close()
+            return None
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{name} cannot be read as an image ({type(e).__name__}: {e})") from e
     return image
 
 
-def decode_audio(value: Any, base_dir: Path | None = None, full: bool = True, sampling_rate: int = SAMPLE_RATE):
+def decode_audio(
+    value: Any, base_dir: Path | None = None, full: bool = True, sampling_rate: int | None = SAMPLE_RATE
+) -> dict | None:
     """Read audio with soundfile, average channels, resample with torchaudio -> ``{"array", "sampling_rate"}``.
 
-    Without ``full`` only the header is read (frame count and rate), and None is returned.
+    Without ``full`` only the header is read (frame count and rate), and None is returned. ``sampling_rate=None``
+    keeps the file's rate.
     """
     import soundfile as sf
 
@@ -158,7 +167,9 @@ def decode_audio(value: Any, base_dir: Path | None = None, full: bool = True, sa
     if not np.isfinite(array).all():
         raise DataError(f"{name} holds NaN or infinite samples")
     array = array.mean(axis=1)
-    if rate != sampling_rate:
+    if sampling_rate is None:
+        sampling_rate = rate
+    elif rate != sampling_rate:
         import torch
         import torchaudio.functional as AF
 
@@ -315,6 +326,7 @@ class Data:
             out["splits"][name] = {
                 "rows": len(split),
                 "modalities": {m: int(split.has(m).sum()) for m in MODALITIES},
+                "combinations": _combinations(split),
                 "labels": {
                     self.id2label.get(k, "<unlabeled>") if k >= 0 else "<unlabeled>": v
                     for k, v in sorted(labels.items())
@@ -329,16 +341,21 @@ class Data:
         s = self.summary()
         names = list(self.splits)
         lines = [f"source: {self.source}", f"modalities: {', '.join(s['modalities']) or 'none'}", ""]
-        lines.append(f"{'':14}" + "".join(f"{n:>12}" for n in names) + f"{'total':>12}")
+        lines.append(f"{'':20}" + "".join(f"{n:>12}" for n in names) + f"{'total':>12}")
 
         def row(title: str, values: list[int]) -> str:
-            return f"{title[:14]:14}" + "".join(f"{v:>12}" for v in values) + f"{sum(values):>12}"
+            return f"{title[:20]:20}" + "".join(f"{v:>12}" for v in values) + f"{sum(values):>12}"
 
         lines.append(row("rows", [s["splits"][n]["rows"] for n in names]))
         for m in MODALITIES:
             counts = [s["splits"][n]["modalities"][m] for n in names]
             if sum(counts):
                 lines.append(row(f"  {m}", counts))
+        combos = sorted({c for n in names for c in s["splits"][n]["combinations"]}, key=lambda c: (c.count("+"), c))
+        if len(combos) > 1:
+            lines.append("rows carrying")
+            for combo in combos:
+                lines.append(row(f"  {combo}", [s["splits"][n]["combinations"].get(combo, 0) for n in names]))
         lines.append(f"labels ({self.num_labels}):")
         label_names = list(self.id2label.values())
         if any("<unlabeled>" in s["splits"][n]["labels"] for n in names):
@@ -350,6 +367,13 @@ class Data:
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _combinations(split: Split) -> dict[str, int]:
+    """Rows per combination of modalities, e.g. {"text": 40, "image+audio": 12}."""
+    carried = {m: split.has(m) for m in MODALITIES}
+    names = ["+".join(m for m in MODALITIES if carried[m][i]) for i in range(len(split))]
+    return dict(sorted(Counter(names).items()))
 
 
 # ------------------------------------------------------------------------------------------------------ load: public
@@ -374,7 +398,8 @@ def load(
 
     Args:
         source: a table file, a folder (``<label>/<file>``, split files, or ``save_to_disk`` output), a hub id,
-            ``"quickstart"``, or a dict ``{split: table file}``.
+            ``"quickstart"`` (same as ``quickstart(seed=seed)``; the other options do not apply), or a dict
+            ``{split: table file}``.
         *_column: column names of each modality, the label, the row id and the split.
         on_error: ``"raise"`` (one DataError listing every problem) or ``"skip"`` (drop bad rows, see report).
         val_fraction, test_fraction: share of all rows moved out of train into validation / test when the data
@@ -742,16 +767,22 @@ class _Loader:
                 row["text"] = _check_text(text)
             except (DataError, FileNotFoundError) as e:
                 problems.append(self._problem(row, "text", str(e)))
-        for m, decode in (("image", decode_image), ("audio", decode_audio)):
+        for m, decode in (("image", decode_image), ("audio", functools.partial(decode_audio, sampling_rate=None))):
             if row[m] is None:
                 continue
-            try:
+            try:  # a check only: decode (or read the header), do not keep or resample
                 decode(row[m], decoder.base_dir, full=full)
             except (DataError, FileNotFoundError) as e:
                 problems.append(self._problem(row, m, str(e)))
         if all(row[m] is None for m in MODALITIES):
             cols = [row["_columns"][m] for m in MODALITIES if m in row["_columns"]]
             problems.append(self._problem(row, None, f"row has no modality: columns {cols} are all empty"))
+        if "_split_value" in row:
+            value = row["_split_value"]
+            row["_split"] = SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
+            if row["_split"] is None:
+                allowed = sorted(set(SPLIT_ALIASES))
+                problems.append(self._problem(row, "split", f"split {value!r} is not one of {allowed}"))
         label = row["label"]
         row["label_id"] = None
         if label is not None:
@@ -776,16 +807,7 @@ class _Loader:
         assignment: dict[str, list[int]] = {s: [] for s in SPLITS}
         unassigned = []
         for i, row in enumerate(rows):
-            split = row["_split"]
-            if "_split_value" in row:
-                value = row["_split_value"]
-                split = SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
-                if split is None:
-                    raise DataError(
-                        f"{row['_file']} row {row['_row']}, column '{row['_columns']['split']}': split {value!r} is "
-                        f"not one of {sorted(set(SPLIT_ALIASES))}; fix it or name another column with split_column=."
-                    )
-            (assignment[split] if split else unassigned).append(i)
+            (assignment[row["_split"]] if row["_split"] else unassigned).append(i)
         assignment["train"] += unassigned
         if not assignment["train"]:
             raise DataError("the data defines no train rows; add a train split (or rows without a split).")
