@@ -18,6 +18,9 @@ COMMAND_MODULES = [
     "zoo.finetune",
     "zoo.cards",
     "zoo.hub",
+    "zoo.prune",
+    "zoo.quant",
+    "zoo.export",
 ]
 
 

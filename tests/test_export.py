@@ -1,0 +1,111 @@
+"""ONNX export (float and int8 QDQ), ONNX Runtime parity and int8 kernels, runtimes and the latency-budget search."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+import zoo
+from zoo.export import example_batch, export_onnx, input_names, onnx_max_abs_diff, onnx_session, run_onnx
+from zoo.quant import calibrate, convert_int8, prepare_qat
+
+MODS = ["text", "image", "audio"]
+# Stated tolerances (max |logit difference|, torch eager vs ONNX Runtime, relative to the largest logit):
+FLOAT_RTOL = 1e-4  # same float math, different kernels
+INT8_RTOL = 0.02  # int8 kernels round differently (integer accumulation, requantisation): a few activations
+# land one quantization step apart, the logits stay within 2% of their scale
+
+
+def _student():
+    torch.manual_seed(0)
+    return zoo.create_student("hybrid_test", modalities=MODS, num_classes=3).eval()
+
+
+def _int8(s):
+    return convert_int8(calibrate(prepare_qat(s), [example_batch(s, 4, seed=i) for i in range(3)]))
+
+
+def test_float_export_parity_and_dynamic_batch(tmp_path):
+    s = _student()
+    path = export_onnx(s, tmp_path / "m.onnx", example_batch(s, 2))
+    model = onnx.load(path)
+    assert [i.name for i in model.graph.input] == input_names(s)
+    assert model.opset_import[0].version >= 17
+    session = onnx_session(path)
+    b = example_batch(s, 3, seed=4)  # another batch size than the export's
+    with torch.no_grad():
+        ref = s(**b)
+    assert onnx_max_abs_diff(s, session, b) <= FLOAT_RTOL * ref.abs().max()
+    assert run_onnx(session, b).shape == (3, 3)
+
+
+def test_int8_export_uses_int8_kernels_and_matches(tmp_path):
+    import onnxruntime as ort
+
+    s = _student()
+    c = _int8(s)
+    path = export_onnx(c, tmp_path / "q.onnx", example_batch(s, 2))
+    model = onnx.load(path)
+    int8_inits = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_inits) >= 10  # weights stay int8 in the file
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert {"MatMulIntegerToFloat", "QLinearConv"} <= ops, ops
+    session = onnx_session(path)
+    b = example_batch(s, 4, seed=9)
+    with torch.no_grad():
+        ref = c(**b)
+    diff = onnx_max_abs_diff(c, session, b)
+    assert diff <= INT8_RTOL * ref.abs().max(), diff
+    assert (run_onnx(session, b).argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
+
+
+def test_export_cli_writes_onnx_and_metrics(tmp_path):
+    from zoo.cli import main
+
+    s = _student()
+    _int8(s).save_pretrained(tmp_path)
+    assert main(["export", str(tmp_path), "--onnx"]) == 0
+    assert (tmp_path / "model.onnx").exists()
+    entry = json.loads((tmp_path / "metrics.json").read_text())["models"]["onnx_int8"]
+    assert entry["runtime"] == "onnxruntime" and entry["latency_ms"] > 0 and entry["size_bytes"] > 0
+    assert main(["export", str(tmp_path)]) == 1  # no format asked for
+
+
+def test_runtime_check_on_onnxruntime():
+    from zoo.hardware import count_macs, runtime_latency_ms
+
+    s = _student()
+    b = example_batch(s, 1)
+    ms, diff = runtime_latency_ms(s, b, "onnxruntime", repeats=3)
+    assert ms > 0 and diff < 1e-4
+    with pytest.raises(ValueError, match="runtime"):
+        runtime_latency_ms(s, b, "tensorrt")
+    assert count_macs(s, b) > 0
+
+
+def test_fit_latency_budget_bisects_on_measured_latency(monkeypatch):
+    import zoo.hardware as hw
+
+    s = _student()
+    calls = []
+
+    def fake_latency(model, batch, runtime, repeats=20, check=True):  # deterministic: latency follows params
+        calls.append(model.num_params())
+        return model.num_params() / 1000.0, 0.0
+
+    monkeypatch.setattr(hw, "runtime_latency_ms", fake_latency)
+    full = s.num_params() / 1000.0
+    out, report = hw.fit_latency_budget(s, full * 2, "torch", example_batch(s, 1))
+    assert out is s and report["keep"] == 1.0 and report["met"]
+    out, report = hw.fit_latency_budget(s, full * 0.85, "torch", example_batch(s, 1), steps=5)
+    assert report["latency_ms"] <= full * 0.85 and 0.1 < report["keep"] < 1.0
+    assert out.num_params() / 1000.0 == pytest.approx(report["latency_ms"])
+    assert out.config.pruning["keep"] == pytest.approx(report["keep"], abs=1e-4)
+    assert report["runtime"] == "torch" and report["budget_ms"] == full * 0.85 and len(report["trials"]) == 7
+    with pytest.raises(ValueError, match="out of reach"):
+        hw.fit_latency_budget(s, 1e-6, "torch", example_batch(s, 1))

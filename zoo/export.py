@@ -1,0 +1,231 @@
+"""Export to ONNX and run on ONNX Runtime: the float student as is, the int8 student as a QDQ graph.
+
+The ONNX graph takes the flat batch tensors of the student's modalities (``input_ids``, ``attention_mask``,
+``text_mask``, ``pixel_values``, ``image_mask``, ``input_features``, ``audio_mask``), with a dynamic batch axis, and
+returns the logits (one output per task). Export uses the TorchScript-based ``torch.onnx.export(dynamo=False)``: it
+is reliable on this model, honours our DequantizeLinear symbolic for int8 weights, and exports the fake-quantize
+ops as QuantizeLinear / DequantizeLinear pairs. Opset 20 by default, so GELU is one ``Gelu`` node (older opsets
+spell it with Erf, which ONNX Runtime no longer fuses once QDQ nodes sit around it).
+
+An int8 student exports as: int8 weight initializers -> DequantizeLinear, and QuantizeLinear -> DequantizeLinear on
+the activations that the scheme quantizes. ONNX Runtime (graph optimisations on, the default) fuses these into
+``MatMulIntegerToFloat`` (linear layers) and ``QLinearConv`` (convolutions): real int8 kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ONNX_NAME = "model.onnx"
+DEFAULT_OPSET = 20
+INPUT_KEYS = {
+    "text": ("input_ids", "attention_mask", "text_mask"),
+    "image": ("pixel_values", "image_mask"),
+    "audio": ("input_features", "audio_mask"),
+}
+
+
+def input_names(student: nn.Module) -> list[str]:
+    """The ONNX graph's inputs, in order: the flat batch keys of the student's modalities."""
+    return [k for m in student.config.modalities for k in INPUT_KEYS[m]]
+
+
+def output_names(student: nn.Module) -> list[str]:
+    tasks = list(student.config.tasks)
+    return ["logits"] if len(tasks) == 1 else [f"logits_{t}" for t in tasks]
+
+
+def example_batch(student: nn.Module, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A synthetic flat batch for the student, every sample carrying every modality (no labels).
+
+    Images and audio are random pixels and white noise run through the student's own preprocessing; text is random
+    token ids filling the whole length (the student needs no tokenizer for this). Good for shapes, export, latency
+    and a rough calibration; real data calibrates better.
+    """
+    from zoo.modalities.audio import AudioPreprocessor
+    from zoo.modalities.image import ImagePreprocessor
+
+    rng = np.random.default_rng(seed)
+    cfg = student.config
+    batch: dict[str, torch.Tensor] = {}
+    if "text" in cfg.modalities:
+        low = min(5, cfg.text.vocab_size - 1)  # skip the special tokens of our WordPiece tokenizers
+        ids = torch.from_numpy(rng.integers(low, cfg.text.vocab_size, (batch_size, cfg.text.max_length)))
+        batch["input_ids"] = ids.long()
+        batch["attention_mask"] = torch.ones(batch_size, cfg.text.max_length, dtype=torch.long)
+        batch["text_mask"] = torch.ones(batch_size, dtype=torch.bool)
+    if "image" in cfg.modalities:
+        s = cfg.image.image_size
+        images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for _ in range(batch_size)]
+        batch.update(ImagePreprocessor(cfg.image)(images))
+    if "audio" in cfg.modalities:
+        a = cfg.audio
+        audios = [
+            {"array": (0.1 * rng.standard_normal(a.clip_samples)).astype(np.float32), "sampling_rate": a.sample_rate}
+            for _ in range(batch_size)
+        ]
+        batch.update(AudioPreprocessor(a)(audios))
+    return batch
+
+
+class _OnnxWrapper(nn.Module):
+    """Positional tensors -> the student's keyword inputs; logits of every task as a tuple."""
+
+    def __init__(self, student: nn.Module, names: list[str]):
+        super().__init__()
+        self.student, self.names = student, names
+
+    def forward(self, *tensors):
+        outs = self.student.forward_all_tasks(**dict(zip(self.names, tensors)))
+        return tuple(outs.values())
+
+
+def export_onnx(
+    student: nn.Module,
+    path: str | os.PathLike,
+    batch: dict[str, torch.Tensor] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Write the student (float or int8) to ``path`` as ONNX with a dynamic batch axis; returns the path.
+
+    ``batch`` is an example flat batch (default: ``example_batch(student, 2)``); labels are ignored. The file is
+    written atomically and checked with ``onnx.checker``.
+    """
+    import onnx
+
+    from zoo.io import atomic_path
+
+    if opset < 17:
+        raise ValueError(f"opset {opset}: export needs opset 17 or later (LayerNormalization).")
+    names = input_names(student)
+    batch = batch if batch is not None else example_batch(student, batch_size=2)
+    missing = [n for n in names if n not in batch]
+    if missing:
+        raise ValueError(f"the example batch lacks {missing}; build it with student.preprocess or example_batch().")
+    args = tuple(batch[n] for n in names)
+    outputs = output_names(student)
+    dynamic = {n: {0: "batch"} for n in names + outputs}
+    wrapper = _OnnxWrapper(student, names).eval()
+    was_training = student.training
+    student.eval()
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer warnings on shape asserts
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                do_constant_folding=True,
+            )
+            onnx.checker.check_model(str(tmp))
+    finally:
+        student.train(was_training)
+    return path
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 1):
+    """An ONNX Runtime CPU session with all graph optimisations (QDQ fusion into int8 kernels) and ``threads``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # warnings about hardware-specific optimised graphs are noise here
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist; export it first with `zoo export DIR --onnx`.")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_feed(session, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The session's inputs from a flat batch (torch tensors or arrays); a missing input is an error naming it."""
+    feed = {}
+    for inp in session.get_inputs():
+        if inp.name not in batch:
+            raise KeyError(f"the ONNX model needs input {inp.name!r}; the batch has {sorted(batch)}.")
+        v = batch[inp.name]
+        feed[inp.name] = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
+    return feed
+
+
+def run_onnx(session, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of the first task for a flat batch."""
+    return torch.from_numpy(session.run(None, onnx_feed(session, batch))[0])
+
+
+def onnx_latency_ms(session, batch: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
+    """Median latency (ms) of one ``session.run`` on ``batch``."""
+    from zoo.bench import median_ms
+
+    feed = onnx_feed(session, batch)
+    return median_ms(lambda: session.run(None, feed), repeats=repeats, warmup=warmup)
+
+
+def onnx_max_abs_diff(student: nn.Module, session, batch: dict[str, torch.Tensor]) -> float:
+    """Largest absolute difference between the student's logits in torch and in ONNX Runtime on ``batch``."""
+    student.eval()
+    with torch.no_grad():
+        ref = student(**{k: v for k, v in batch.items() if k != "labels"})
+    return float((run_onnx(session, batch) - ref).abs().max())
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _cmd_export(args: argparse.Namespace) -> int:
+    from zoo.bench import count_params, folder_size_bytes, model_entry, read_metrics, update_metrics
+    from zoo.quant import is_quantized
+    from zoo.students import HybridStudent
+
+    if not args.onnx:
+        raise ValueError("nothing to export: pass --onnx (the only export format besides the safetensors folder).")
+    torch.set_num_threads(1)
+    folder = Path(args.dir)
+    student = HybridStudent.from_pretrained(folder)
+    out = Path(args.out) if args.out else folder / ONNX_NAME
+    batch = example_batch(student, batch_size=2, seed=0)
+    export_onnx(student, out, batch, opset=args.opset)
+    session = onnx_session(out)
+    diff = onnx_max_abs_diff(student, session, batch)
+    latency = onnx_latency_ms(session, {k: v[:1] for k, v in batch.items()})
+    quantized = is_quantized(student)
+    name = "onnx_int8" if quantized else "onnx_fp32"
+    models = read_metrics(folder)["models"]
+    known = models.get("int8") if quantized else models.get("pruned") or models.get("distilled")
+    accuracy = (known or {}).get("accuracy")
+    entry = model_entry(
+        accuracy=accuracy or 0.0,
+        params=count_params(student),
+        size_bytes=folder_size_bytes(out.parent, [out.name]),
+        latency_ms=latency,
+        runtime="onnxruntime",
+        opset=args.opset,
+        file=out.name,
+        max_abs_logit_diff_vs_torch=round(diff, 6),
+    )
+    entry["accuracy"] = accuracy  # the torch model's accuracy (same weights); null when unknown
+    update_metrics(folder, {name: entry})
+    print(f"wrote {out} ({entry['size_bytes'] / 2**20:.2f} MiB): {name} latency {latency:.2f} ms (batch 1, 1 thread), "
+          f"max |logit diff| vs torch {diff:.2e}")  # fmt: skip
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("export", help="export a student folder to ONNX (float, or int8 QDQ when it is quantized)")
+    p.add_argument("dir", help="student folder (config.json + model.safetensors)")
+    p.add_argument("--onnx", action="store_true", help="write model.onnx")
+    p.add_argument("--out", help="ONNX file to write (default: DIR/model.onnx)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
+    p.set_defaults(func=_cmd_export)
