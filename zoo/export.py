@@ -202,9 +202,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     latency = onnx_latency_ms(session, {k: v[:1] for k, v in batch.items()})
     quantized = is_quantized(student)
     name = "onnx_int8" if quantized else "onnx_fp32"
-    models = read_metrics(folder)["models"]
-    known = models.get("int8") if quantized else models.get("pruned") or models.get("distilled")
-    accuracy = (known or {}).get("accuracy")
+    if args.data:  # the exported graph itself, on the test split, through the student's own preprocessing
+        from zoo.bench import accuracy as top1
+        from zoo.data import load
+
+        data = load(args.data)
+        split = "test" if "test" in data.splits else list(data.splits)[-1]
+        accuracy = top1(lambda samples: run_onnx(session, student.preprocess(samples)), data[split])
+    else:  # same weights as the torch student: its known accuracy, or null
+        models = read_metrics(folder)["models"]
+        known = models.get("int8") if quantized else models.get("pruned") or models.get("distilled")
+        accuracy = (known or {}).get("accuracy")
     entry = model_entry(
         accuracy=accuracy or 0.0,
         params=count_params(student),
@@ -215,7 +223,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         file=out.name,
         max_abs_logit_diff_vs_torch=round(diff, 6),
     )
-    entry["accuracy"] = accuracy  # the torch model's accuracy (same weights); null when unknown
+    entry["accuracy"] = accuracy if accuracy is None else entry["accuracy"]  # null when unknown, never a made-up 0
     update_metrics(folder, {name: entry})
     print(f"wrote {out} ({entry['size_bytes'] / 2**20:.2f} MiB): {name} latency {latency:.2f} ms (batch 1, 1 thread), "
           f"max |logit diff| vs torch {diff:.2e}")  # fmt: skip
@@ -227,5 +235,6 @@ def add_cli(sub) -> None:
     p.add_argument("dir", help="student folder (config.json + model.safetensors)")
     p.add_argument("--onnx", action="store_true", help="write model.onnx")
     p.add_argument("--out", help="ONNX file to write (default: DIR/model.onnx)")
+    p.add_argument("--data", help="data source (zoo.data.load): measure the ONNX model's accuracy on its test split")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
     p.set_defaults(func=_cmd_export)
