@@ -105,3 +105,41 @@ def test_unknown_feature_layer_is_an_error():
     specs = {"image": {"modality": "image", "num_classes": 3, "features": {"layer.1": (5, 12)}}}
     with pytest.raises(ValueError, match="layer.9"):
         DistillationLoss(8, depth=2, specs=specs, feature_layers={"image": {0: "layer.9"}})
+
+
+def test_product_of_experts_fusion_sharpens_and_ignores_uninformative_teachers():
+    specs = {m: {"modality": m, "num_classes": 3, "features": {}} for m in ("text", "audio")}
+    crit = DistillationLoss(8, depth=1, specs=specs, num_classes=3)
+    sure = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    flat = torch.zeros(2, 3)
+    both = torch.ones(2, dtype=torch.bool)
+    only_first = torch.tensor([True, False])
+    teachers = {
+        "text": TeacherOutput(logits=sure, mask=both),
+        "audio": TeacherOutput(logits=flat, mask=only_first),
+    }
+    target, rows = crit.teacher_log_probs(teachers, 1.0, 2)
+    assert rows.all()
+    # a uniform teacher leaves the product unchanged
+    assert torch.allclose(target, F.log_softmax(sure, -1), atol=1e-6)
+    teachers["audio"] = TeacherOutput(logits=sure, mask=both)  # two agreeing experts: sharper than either
+    target, _ = crit.teacher_log_probs(teachers, 1.0, 2)
+    assert target.exp()[0, 0] > F.softmax(sure, -1)[0, 0]
+    mean = DistillationLoss(8, depth=1, specs=specs, num_classes=3, fusion="mean")
+    t_mean, _ = mean.teacher_log_probs(teachers, 1.0, 2)
+    assert torch.allclose(t_mean, F.log_softmax(sure, -1), atol=1e-5)
+
+
+def test_rows_without_teacher_learn_from_labels():
+    specs = {"text": {"modality": "text", "num_classes": 3, "features": {}}}
+    crit = DistillationLoss(8, depth=1, specs=specs, num_classes=3)
+    logits = torch.randn(4, 3)
+    t = torch.randn(4, 3)
+    mask = torch.tensor([True, True, False, False])
+    labels = torch.tensor([0, 1, 2, -100])
+    teachers = {"text": TeacherOutput(logits=t, mask=mask)}
+    got = crit.logit_kd(logits, teachers, 2.0, labels)
+    kd = kd_loss(logits[:2], t[:2], 2.0)
+    ce = F.cross_entropy(logits[2:3], labels[2:3])
+    assert got.item() == pytest.approx(((2 * kd + ce) / 3).item(), rel=1e-5)
+    assert crit.logit_kd(logits, teachers, 2.0).item() == pytest.approx(kd.item(), rel=1e-5)

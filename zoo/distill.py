@@ -101,7 +101,7 @@ class DistillModule(nn.Module):
             loss = loss + w["ce"] * terms["ce"]
         kd = None
         if (w["kl"] > 0 or w["adaptive"] > 0) and teachers:
-            kd = terms["kd"] = crit.logit_kd(logits, teachers, temperature)
+            kd = terms["kd"] = crit.logit_kd(logits, teachers, temperature, labels)
             loss = loss + w["kl"] * kd
         if w["adaptive"] > 0 and teachers:
             mods = list(student.config.modalities)
@@ -197,6 +197,9 @@ class Run:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         self.is_main = self.accelerator.is_main_process
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-file load / save bars of the teachers drown the run's own log
         self.timings: dict[str, float] = {}
         self.stage_log: list[dict] = []
         self.global_step = 0
@@ -262,7 +265,8 @@ class Run:
             if self.is_main:
                 train_teachers(self.data, self.out / "teachers", r.teacher_training, r.seed, log=self.log)
             acc.wait_for_everyone()
-            teacher_paths = {m: str(self.out / "teachers" / m) for m in self.modalities}
+            wanted = r.teacher_training.modalities or self.modalities
+            teacher_paths = {m: str(self.out / "teachers" / m) for m in self.modalities if m in wanted}
         self.teacher_paths = teacher_paths
         self.teachers = _load_teachers(teacher_paths, self.num_classes, self.data.id2label, self.log)
         self.timings["teachers"] = time.perf_counter() - t0
@@ -364,6 +368,7 @@ class Run:
             weights={"feature": r.losses.feature, "embedding": r.losses.embedding, "relation": r.losses.relation},
             modality_weights=r.losses.modality_weights,
             num_classes=self.num_classes,
+            fusion=r.losses.teacher_fusion,
         )
 
     # -- evaluation ---------------------------------------------------------------------------------------------
@@ -475,6 +480,7 @@ class Run:
         controller=None,
         reference: nn.Module | None = None,
         weights: dict | None = None,
+        schedule: tuple[int, int] | None = None,
     ) -> tuple[nn.Module, dict]:
         """Train ``student`` for one stage; resumes from the phase's latest checkpoint. Returns (student, summary)."""
         from accelerate.utils import set_seed
@@ -505,12 +511,16 @@ class Run:
             [{"params": decay, "weight_decay": r.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=stage.lr,
         )
-        warmup = max(int(stage.warmup * steps), 0)
+        # schedule = (offset, total): this phase is steps offset.. of one schedule spanning total steps (the
+        # distillation stages share one warmup + cosine, like the raw-student baseline they are compared with)
+        offset, total = schedule or (0, steps)
+        warmup = max(int(stage.warmup * total), 0)
 
         def lr_at(step: int) -> float:  # linear warmup, then cosine to min_lr_ratio
+            step += offset
             if step < warmup:
                 return (step + 1) / (warmup + 1)
-            p = (step - warmup) / max(steps - warmup, 1)
+            p = (step - warmup) / max(total - warmup, 1)
             return stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
@@ -518,7 +528,7 @@ class Run:
         if reference is not None:
             reference = reference.to(acc.device).eval()
 
-        st = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "rollbacks": []}
+        st = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "rollbacks": [], "metric_before": None}
         ckpt = self._latest_checkpoint(phase) if self.resume else None
         if ckpt is not None:
             acc.load_state(str(ckpt))
@@ -536,11 +546,12 @@ class Run:
         unwrapped = acc.unwrap_model(module)
         good = _snapshot(unwrapped, optimizer, st)
         ctrl_cfg = r.controller
-        metric_before = None
         if controller is not None:
             if not controller.started:
                 controller.start(st["step"])
-            metric_before = _controller_metric(self.evaluate(unwrapped.student, limit=ctrl_cfg.eval_samples), ctrl_cfg)
+            if st["metric_before"] is None:  # the reference the first reward is measured against
+                ev = self.evaluate(unwrapped.student, limit=ctrl_cfg.eval_samples)
+                st["metric_before"] = _controller_metric(ev, ctrl_cfg)
         gp = r.losses.gradient_penalty if weights.get("kl", 0) > 0 or weights.get("adaptive", 0) > 0 else 0.0
         bar = tqdm(
             total=steps, initial=st["step"], desc=phase, disable=not (self.is_main and self.progress), leave=False
@@ -569,7 +580,7 @@ class Run:
                             inputs, labels, teachers, temperature, weights, multiplier, gp, ref_logits
                         )  # fmt: skip
                     loss = terms["loss"]
-                    finite = acc.gather(torch.isfinite(loss.detach()).reshape(1)).all()
+                    finite = acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0
                     if not bool(finite):
                         # a NaN / inf loss: take no step, return to the last good state, say so
                         optimizer.zero_grad()
@@ -606,9 +617,9 @@ class Run:
                 if controller is not None and st["step"] % ctrl_cfg.interval == 0 and st["step"] < steps:
                     ev = self.evaluate(unwrapped.student, limit=ctrl_cfg.eval_samples)
                     metric = _controller_metric(ev, ctrl_cfg)
-                    reward = metric - metric_before
+                    reward = metric - st["metric_before"]
                     new = controller.update(reward, step=st["step"], metric=metric)
-                    metric_before = metric
+                    st["metric_before"] = metric
                     self.record(
                         event="eval", phase=phase, step=st["step"], global_step=self.global_step,
                         val_accuracy=ev["accuracy"], val_loss=ev["loss"], reward=reward, multiplier=new,
@@ -655,12 +666,11 @@ class Run:
         stages = r.stages.active()
         distill = [(n, s) for n, s in stages if n in DISTILL_STAGES]
         train_size = len(self.rows["train"])
-        budget = sum(
-            s.num_steps(
-                max(int(train_size * s.data_fraction), 1), r.data.batch_size * r.train.gradient_accumulation_steps
-            )
-            for _, s in distill
-        )
+        per_step = r.data.batch_size * r.train.gradient_accumulation_steps
+        offsets, budget = {}, 0
+        for name, s in distill:
+            offsets[name] = budget
+            budget += s.num_steps(max(int(train_size * s.data_fraction), 1), per_step)
 
         # 1. the raw-student baseline: CE only, the same number of steps as the distillation stages together
         if r.train.baseline and budget:
@@ -672,7 +682,7 @@ class Run:
                 lr = max(s.lr for _, s in distill)
                 base = Stage(steps=budget, lr=lr, warmup=distill[0][1].warmup)
                 base.weights.ce = 1.0
-                raw, summary = self.train_phase("raw_student", base, raw)
+                raw, summary = self.train_phase("raw_student", base, raw, schedule=(0, budget))
                 self._finish_phase("raw_student", raw, summary)
             self.raw_student = raw
         # 2. the stages
@@ -695,7 +705,9 @@ class Run:
                 if name == "mixed_distill" and r.controller.enabled and stage.weights.adaptive > 0:
                     c = r.controller
                     controller = BanditController(c.arms, c.exploration, c.discount, seed=r.seed)
-                student, summary = self.train_phase(name, stage, student, controller=controller)
+                student, summary = self.train_phase(
+                    name, stage, student, controller=controller, schedule=(offsets[name], budget)
+                )
                 if controller is not None:
                     summary["controller"] = controller.state_dict()["trajectory"]
             else:
@@ -853,23 +865,19 @@ class Run:
         )
 
     def _teacher_entry(self, split: str, example: int) -> dict:
-        """The teachers together: each predicts the samples of its modality; probabilities averaged per sample."""
+        """The teachers together, as the student is taught: each predicts the samples of its modality, fused per
+        sample the way the KD target is (``losses.teacher_fusion``)."""
         from zoo.bench import accuracy, median_ms, model_entry, one_thread
 
         rows = self.rows[split]
         samples = [rows.raw(i) for i in range(len(rows))]
 
-        def predict(batch: list[dict]) -> torch.Tensor:
-            probs = torch.zeros(len(batch), self.num_classes)
-            count = torch.zeros(len(batch), 1)
-            for t in self.teachers.values():
-                if t.num_classes != self.num_classes or not any(_carries(t, s) for s in batch):
-                    continue
-                out = t(batch, layers=[])
-                m = out.mask.cpu().float()[:, None]
-                probs += torch.softmax(out.logits.cpu().float(), -1) * m
-                count += m
-            return probs / count.clamp(min=1)
+        def predict(batch: list[dict]) -> torch.Tensor:  # the fused KD target at T = 1
+            outs = {}
+            for m, t in self.teachers.items():
+                if t.num_classes == self.num_classes and any(_carries(t, s) for s in batch):
+                    outs[m] = t(batch, layers=[])
+            return self.criterion.teacher_log_probs(outs, 1.0, len(batch))[0]
 
         acc = accuracy(predict, samples, batch_size=64)
         one = [samples[example]]
@@ -1263,7 +1271,11 @@ def _build_teacher(modality: str, cfg: TeacherTraining, data, folder: Path) -> N
             decoder_layers=1,
             decoder_attention_heads=cfg.num_heads,
             decoder_ffn_dim=cfg.intermediate_size,
-            vocab_size=16,
+            vocab_size=16,  # the decoder is unused by the classifier; keep it minute
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
             **labels,
         )
         model = WhisperForAudioClassification(config)
@@ -1304,6 +1316,8 @@ def train_teachers(data, folder: Path, cfg: TeacherTraining, seed: int, log=prin
 
     out = {}
     for modality in data.modalities:
+        if cfg.modalities is not None and modality not in cfg.modalities:
+            continue
         dst = folder / modality
         marker = dst / "zoo_teacher_training.json"
         key = {"settings": asdict(cfg), "seed": seed, "data": data.fingerprint("train"), "version": 1}

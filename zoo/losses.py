@@ -188,6 +188,8 @@ class DistillationLoss(nn.Module):
         feature_loss, embedding_loss: "mse" or "cosine".
         weights: inner weights {"feature", "embedding", "relation"} of the full distillation term.
         modality_weights: teacher modality -> weight (default 1).
+        num_classes: the student's class count (classifier teachers must match it).
+        fusion: how the classifier teachers' predictions of one sample become its KD target: "product" or "mean".
     """
 
     def __init__(
@@ -201,8 +203,12 @@ class DistillationLoss(nn.Module):
         weights: dict[str, float] | None = None,
         modality_weights: dict[str, float] | None = None,
         num_classes: int | None = None,
+        fusion: str = "product",
     ):
         super().__init__()
+        if fusion not in ("product", "mean"):
+            raise ValueError(f"teacher fusion {fusion!r}: expected 'product' or 'mean'.")
+        self.fusion = fusion
         self.specs = specs
         self.depth = depth
         self.feature_loss, self.embedding_loss = feature_loss, embedding_loss
@@ -253,22 +259,58 @@ class DistillationLoss(nn.Module):
     def _weight(self, name: str) -> float:
         return float(self.modality_weights.get(self.specs[name]["modality"], 1.0))
 
-    def logit_kd(self, logits: Tensor, teachers: dict, temperature: float) -> Tensor:
-        """Weighted mean over the classifier teachers of ``kd_loss`` on their rows."""
-        total, norm = _zero(logits), 0.0
+    def _classifiers(self, teachers: dict, num_classes: int):
         for name, out in teachers.items():
             spec = self.specs[name]
-            if spec["modality"] == IMAGE_TEXT or out.logits is None or spec.get("num_classes") != logits.shape[-1]:
+            if spec["modality"] == IMAGE_TEXT or out.logits is None or spec.get("num_classes") != num_classes:
                 continue
+            if self._weight(name) > 0:
+                yield name, out
+
+    def teacher_log_probs(self, teachers: dict, temperature: float, batch: int) -> tuple[Tensor, Tensor]:
+        """The fused KD target: (log-probabilities (B, C) at ``temperature``, rows that have one (B,)).
+
+        ``product`` (default): a product of experts, log p(y | x) = sum over the teachers carrying the sample of
+        w_m log p_m(y | x_m), renormalised; the Bayes fusion of modality experts that see independent evidence,
+        so an uninformative teacher (near-uniform) barely moves the target. ``mean``: the weighted mean of the
+        teachers' probabilities at T.
+        """
+        num_classes = self.num_classes
+        total, norm, rows = None, None, None
+        for name, out in self._classifiers(teachers, num_classes or next(iter(teachers.values())).logits.shape[-1]):
             w = self._weight(name)
-            if w <= 0:
-                continue
-            if getattr(out, "log_probs", None) is not None:  # rebuilt from a top-k cache at this temperature
-                term = kd_loss_from_log_probs(logits, out.log_probs(temperature), temperature, out.mask)
+            m = out.mask.to(torch.bool) if out.mask is not None else torch.ones(batch, dtype=torch.bool)
+            mf = m.to(torch.float32).unsqueeze(-1)
+            if self.fusion == "product":
+                term = w * F.log_softmax(out.logits.float(), -1) * mf
             else:
-                term = kd_loss(logits, out.logits, temperature, out.mask)
-            total, norm = total + w * term, norm + w
-        return total / norm if norm else total
+                term = w * F.softmax(out.logits.float() / temperature, -1) * mf
+            total = term if total is None else total + term
+            norm = w * mf if norm is None else norm + w * mf
+            rows = m if rows is None else rows | m
+        if total is None:
+            return None, None
+        if self.fusion == "product":
+            return F.log_softmax(total / temperature, -1), rows
+        return (total / norm.clamp(min=1e-12)).clamp(min=1e-12).log(), rows
+
+    def logit_kd(self, logits: Tensor, teachers: dict, temperature: float, labels: Tensor | None = None) -> Tensor:
+        """KD against the fused target of the classifier teachers, on the rows that at least one of them carries.
+
+        With ``labels``, the labelled rows that no teacher carries (a modality without a teacher) take CE on their
+        label in the KD term's place, averaged over all rows, so they are not under-weighted in a KD-heavy stage.
+        """
+        target, rows = self.teacher_log_probs(teachers, temperature, logits.shape[0])
+        kd = _zero(logits) if target is None else kd_loss_from_log_probs(logits, target, temperature, rows)
+        if labels is None:
+            return kd
+        n_kd = int(rows.sum()) if rows is not None else 0
+        orphans = (labels != IGNORE_INDEX) & (~rows if rows is not None else torch.ones_like(labels, dtype=torch.bool))
+        n_ce = int(orphans.sum())
+        if n_ce == 0:
+            return kd
+        ce = F.cross_entropy(logits[orphans].float(), labels[orphans])
+        return (kd * n_kd + ce * n_ce) / (n_kd + n_ce)
 
     def alignment(
         self, intermediates: dict[int, dict[str, Tensor]], grids: dict, valid: dict, teachers: dict, temperature: float

@@ -166,8 +166,11 @@ class TeacherTraining:
     """How ``zoo distill`` trains its own teachers when none are given (the offline quickstart).
 
     Each teacher is a transformers architecture notably larger than the student, trained from scratch with CE.
+    ``modalities`` lists the modalities that get one (default: every modality of the data); rows that no teacher
+    carries learn from their labels in the KD term's place.
     """
 
+    modalities: list[str] | None = None
     steps: int = 300
     lr: float = 1e-3
     batch_size: int = 32
@@ -205,6 +208,8 @@ class LossSettings:
         embedding_loss: "cosine" or "mse".
         relation: weight of the cross-modal relation loss (CLIP-style teachers).
         modality_weights: per-teacher-modality weight of every teacher term.
+        teacher_fusion: how the teachers of one sample's modalities become one KD target: "product" (of experts:
+            summed log-probabilities, the Bayes fusion of independent evidence) or "mean" (of probabilities).
         gradient_penalty: lambda of the squared norm of d(KD)/d(student logits), a smoothness guard.
     """
 
@@ -215,6 +220,7 @@ class LossSettings:
     embedding_loss: str = "cosine"
     relation: float = 1.0
     modality_weights: dict[str, float] = field(default_factory=dict)
+    teacher_fusion: str = "product"
     gradient_penalty: float = 0.0
 
     def __post_init__(self):
