@@ -54,6 +54,15 @@ def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, low
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
     tok.train_from_iterator(texts, trainer=trainer)
+    # The trainer numbers tokens in hash-map order, which changes from process to process; renumber them in a fixed
+    # order (specials first, then sorted) so the same vocabulary always gets the same ids. The vocabulary itself can
+    # still differ by a few tokens between processes where merges tie in count (the Rust trainer breaks ties in
+    # hash order); a run saves its tokenizer, so resuming it is exact.
+    learned = sorted(t for t in tok.get_vocab() if t not in specials)
+    tok.model = models.WordPiece(
+        vocab={t: i for i, t in enumerate(specials + sorted(learned, key=lambda t: (t.startswith("##"), t)))},
+        unk_token="[UNK]",
+    )
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
