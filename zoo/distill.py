@@ -14,10 +14,13 @@
    metrics.jsonl, training_curves.png, the model card (``zoo.cards``) and the comparison table.
 
 The loop is one ``accelerate`` loop (``with accelerator.accumulate``, ``accelerator.backward``,
-``gather_for_metrics``, ``save_state`` / ``load_state`` / ``skip_first_batches``), so ``accelerate launch
---num_processes 2 --cpu -m zoo.cli distill ...`` runs the same code on two processes. Batches are split across
-processes (``split_batches``) and shuffled by a seeded sampler, so the processes together see the batches one
-process would: results match a one-process run up to float summation order.
+``gather_for_metrics``, ``skip_first_batches``); checkpoints go through ``zoo.checkpoint`` (safetensors + JSON)
+rather than accelerate's pickled ``save_state``. ``torchrun --nproc_per_node 2 -m zoo.cli distill ...`` runs the
+same code on two CPU processes (gloo, one torch thread each). In accelerate 1.15,
+``accelerate launch --cpu --num_processes 2`` starts one process unless mpirun is set up (``--mpirun_hostfile``).
+Each global batch of ``data.batch_size`` rows is split across the processes (``split_batches``) and shuffled by a
+seeded sampler, so the processes together see the batches one process would and the learning rate stays the
+same: results match a one-process run up to float summation order.
 
 Output folder::
 
@@ -26,7 +29,7 @@ Output folder::
     OUT/pruned/, OUT/int8/, OUT/hardware/             later stages (when they ran)
     OUT/teachers/<modality>/                          teachers trained here (quickstart)
     OUT/metrics.json, metrics.jsonl, training_curves.png, README.md
-    OUT/checkpoints/<phase>/step-<n>/                 resume points (accelerate state + trainer_state.json)
+    OUT/checkpoints/<phase>/step-<n>/                 resume points (zoo.checkpoint: safetensors + JSON)
     OUT/teacher_cache/                                cached teacher outputs
 """
 
@@ -49,10 +52,15 @@ from torch import nn
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, TeacherTraining, load_recipe
 
 STATE_NAME = "run_state.json"
-TRAINER_STATE = "trainer_state.json"
 JSONL_NAME = "metrics.jsonl"
 STOP_ENV = "ZOO_STOP_AFTER_STEPS"  # simulate a crash after this many optimizer steps (resume tests)
 MATERIALIZE_MAX = 20000  # splits up to this many rows are decoded and preprocessed once, up front
+
+
+def _launched_processes() -> int:
+    """How many processes the launcher (torchrun, mpirun) started, from its environment."""
+    names = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return max(int(os.environ.get(n) or 1) for n in names)
 
 
 class StopRun(Exception):
@@ -189,7 +197,10 @@ class Run:
         self.stop_after = stop_after_steps if stop_after_steps is not None else (int(env_stop) if env_stop else None)
         self.steps_this_session = 0
         self.progress = progress
+        # accelerate starts gloo processes (MULTI_CPU) only when asked for the CPU: without an accelerator device,
+        # a torchrun launch with cpu=False silently runs each process alone
         self.accelerator = Accelerator(
+            cpu=_launched_processes() > 1 and not torch.accelerator.is_available(),
             mixed_precision=recipe.train.mixed_precision,
             gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
@@ -245,6 +256,25 @@ class Run:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         acc.wait_for_everyone()
         self._save_state()
+        n = acc.num_processes
+        for key in ("batch_size", "eval_batch_size"):
+            size = getattr(r.data, key)
+            if size % n:
+                raise ValueError(
+                    f"data.{key}={size} is not a multiple of the {n} processes: each process takes an equal share of "
+                    f"every batch. Set data.{key}={max(size - size % n, n)}."
+                )
+        self.log(
+            f"processes: {n} ({acc.distributed_type.value}{f', {acc.state.backend}' if n > 1 else ''}), "
+            f"{torch.get_num_threads()} torch thread(s) each; global batch {r.data.batch_size}"
+            + (f" split into {n} x {r.data.batch_size // n}" if n > 1 else "")
+        )
+        if n == 1 and "MASTER_ADDR" in os.environ and _launched_processes() == 1:
+            self.log(
+                "warning: launched for several processes but running one: `accelerate launch --cpu` starts several "
+                "CPU processes only through mpirun (--mpirun_hostfile). Use `torchrun --nproc_per_node N -m zoo.cli "
+                "distill ...` instead."
+            )
         set_seed(r.seed)
         self.data = data if data is not None else _load_data(r)
         self.log(
@@ -414,15 +444,15 @@ class Run:
         return self.out / "checkpoints" / phase
 
     def _latest_checkpoint(self, phase: str) -> Path | None:
-        d = self._phase_dir(phase)
-        steps = sorted(
-            (int(p.name.split("-")[1]), p) for p in d.glob("step-*") if (p / TRAINER_STATE).exists()
-        ) if d.exists() else []  # fmt: skip
-        return steps[-1][1] if steps else None
+        from zoo.checkpoint import latest_checkpoint
 
-    def _checkpoint(self, phase: str, state: dict, controller) -> None:
-        """accelerate state (model, optimizer, scheduler, RNG, sampler) + trainer_state.json; keeps the latest."""
-        acc = self.accelerator
+        return latest_checkpoint(self._phase_dir(phase))
+
+    def _checkpoint(self, phase: str, state: dict, controller, module, optimizer, scheduler) -> None:
+        """Module, optimizer, scheduler, RNG (``zoo.checkpoint``: safetensors + JSON, no pickle) and the trainer's
+        counters; written atomically by the main process, then the phase's older checkpoints are removed."""
+        from zoo.checkpoint import save_checkpoint
+
         folder = self._phase_dir(phase) / f"step-{state['step']}"
         jsonl = self.out / JSONL_NAME
         state = {
@@ -431,11 +461,11 @@ class Run:
             "jsonl_bytes": jsonl.stat().st_size if jsonl.exists() else 0,
             "controller": controller.state_dict() if controller is not None else None,
         }
-        acc.save_state(str(folder))
-        if self.is_main:
-            from zoo.io import atomic_write_json
-
-            atomic_write_json(folder / TRAINER_STATE, state)
+        acc = self.accelerator
+        save_checkpoint(
+            folder, model=module, optimizer=optimizer, scheduler=scheduler, trainer_state=state, accelerator=acc
+        )
+        if self.is_main:  # only now that the new one is complete
             for old in self._phase_dir(phase).glob("step-*"):
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)
@@ -531,8 +561,9 @@ class Run:
         st = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "rollbacks": [], "metric_before": None}
         ckpt = self._latest_checkpoint(phase) if self.resume else None
         if ckpt is not None:
-            acc.load_state(str(ckpt))
-            saved = json.loads((ckpt / TRAINER_STATE).read_text())
+            from zoo.checkpoint import load_checkpoint
+
+            saved = load_checkpoint(ckpt, model=module, optimizer=optimizer, scheduler=scheduler, accelerator=acc)
             st = {k: saved[k] for k in st}
             self.global_step = saved["global_step"]
             if controller is not None and saved.get("controller"):
@@ -625,11 +656,13 @@ class Run:
                         val_accuracy=ev["accuracy"], val_loss=ev["loss"], reward=reward, multiplier=new,
                     )  # fmt: skip
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val_acc=f"{ev['accuracy']:.3f}", kd_x=new)
-                if st["step"] % r.train.checkpoint_every == 0 and st["step"] < steps:
+                saved_now = st["step"] % r.train.checkpoint_every == 0 and st["step"] < steps
+                if saved_now:
                     good = _snapshot(unwrapped, optimizer, st)
-                    self._checkpoint(phase, st, controller)
+                    self._checkpoint(phase, st, controller, module, optimizer, scheduler)
                 if self.stop_after is not None and self.steps_this_session >= self.stop_after:
-                    self._checkpoint(phase, st, controller)
+                    if not saved_now:
+                        self._checkpoint(phase, st, controller, module, optimizer, scheduler)
                     bar.close()
                     raise StopRun(
                         f"stopped after {self.steps_this_session} steps (in {phase}, step {st['step']} of {steps}); "
@@ -820,6 +853,7 @@ class Run:
             "controller": next((s["controller"] for s in self.stage_log if s.get("controller")), None),
             "timings_seconds": {k: round(v, 2) for k, v in self.timings.items()},
             "num_processes": acc.num_processes,
+            "torch_threads": torch.get_num_threads(),
             "final_model": "distilled",
         }
         data = None
