@@ -18,6 +18,7 @@ from zoo.teachers.cache import (
     fingerprint_dataset,
     kd_target,
 )
+from zoo.teachers.crossfit import CrossFitTeacher, assign_folds, load_crossfit
 from zoo.teachers.ensemble import TeacherSet
 from zoo.teachers.hf import CLIPTeacher, HFTeacher
 from zoo.teachers.load import TeacherOfflineError, load_teacher
@@ -27,6 +28,9 @@ from zoo.teachers.torchscript import SileroVADTeacher, TorchScriptTeacher
 __all__ = [
     "CLIPTeacher",
     "CachedTeacher",
+    "CrossFitTeacher",
+    "assign_folds",
+    "load_crossfit",
     "HFTeacher",
     "SileroVADTeacher",
     "Teacher",

@@ -17,6 +17,7 @@ import json
 import os
 
 from zoo.teachers.base import Teacher
+from zoo.teachers.crossfit import is_crossfit_folder
 from zoo.teachers.hf import CLASSIFIER_SUFFIXES, load_clip, load_hf_classifier, load_hf_encoder
 from zoo.teachers.timm_teacher import is_timm_folder, load_timm
 from zoo.teachers.torchscript import SILERO_NAMES, find_torchscript, load_torchscript, silero_vad_path
@@ -135,6 +136,10 @@ def load_teacher(
         path, revision_used = resolve_hub_id(path, revision)
     else:
         name = os.path.basename(os.path.abspath(path))
+    if os.path.isdir(path) and is_crossfit_folder(path):  # fold teachers written by zoo distill's teacher training
+        from zoo.teachers.crossfit import load_crossfit
+
+        return load_crossfit(path, modality=modality, autocast=autocast, device=device, **options)
     detected, detected_modality = detect_kind(path)
     kind = detected if kind == "auto" else kind
     if detected_modality and modality and modality != detected_modality and kind == "classifier":

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.modalities import IGNORE_INDEX
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, TeacherTraining, load_recipe
 
 STATE_NAME = "run_state.json"
@@ -137,6 +138,7 @@ class _Rows(torch.utils.data.Dataset):
         from zoo.modalities import collate
 
         self.split, self.pre = split, preprocessors
+        self.unlabeled: set[int] = set()
         self.tensors = None
         self.ids = ids
         n = len(split)
@@ -152,11 +154,22 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         if self.tensors is not None:
-            return {"id": self.ids[i], **{k: v[i] for k, v in self.tensors.items()}}
-        from zoo.modalities import collate
+            row = {"id": self.ids[i], **{k: v[i] for k, v in self.tensors.items()}}
+        else:
+            from zoo.modalities import collate
 
-        s = self.split[i]
-        return {"id": str(s["id"]), **{k: v[0] for k, v in collate([s], self.pre).items()}}
+            s = self.split[i]
+            row = {"id": str(s["id"]), **{k: v[0] for k, v in collate([s], self.pre).items()}}
+        if i in self.unlabeled:
+            row["labels"] = torch.tensor(IGNORE_INDEX)
+        return row
+
+    def hide_labels(self, fraction: float, seed: int) -> int:
+        """Keep the labels of a seeded ``fraction`` of the rows (the others read -100); returns how many are kept."""
+        g = torch.Generator().manual_seed(seed + 101)
+        keep = max(int(round(fraction * len(self))), 1)
+        self.unlabeled = set(torch.randperm(len(self), generator=g)[keep:].tolist())
+        return keep
 
     def raw(self, i: int) -> dict:
         return self.samples[i] if self.tensors is not None else self.split[i]
@@ -310,6 +323,13 @@ class Run:
         )
         pre = self.student.preprocessors()
         self.rows = {name: _Rows(split, pre) for name, split in self.data.splits.items()}
+        if r.data.label_fraction < 1.0:
+            kept = self.rows["train"].hide_labels(r.data.label_fraction, r.seed)
+            self.log(
+                f"data: the students see the labels of {kept} of {len(self.rows['train'])} train rows "
+                f"(data.label_fraction {r.data.label_fraction})"
+                + ("; the teachers trained here saw all of them" if self.trained_teachers else "")
+            )
         self.timings["preprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -1346,7 +1366,6 @@ def train_teachers(data, folder: Path, cfg: TeacherTraining, seed: int, log=prin
     like a user's teacher. A folder already trained with the same settings on the same data is reused.
     """
     from zoo.io import atomic_write_json
-    from zoo.teachers import load_teacher
 
     out = {}
     for modality in data.modalities:
@@ -1360,47 +1379,70 @@ def train_teachers(data, folder: Path, cfg: TeacherTraining, seed: int, log=prin
             out[modality] = dst
             continue
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        _build_teacher(modality, cfg, data, dst)
-        teacher = load_teacher(dst, modality=modality)
+        shutil.rmtree(dst, ignore_errors=True)  # nothing stale (a fold of an earlier layout) may be loaded
         train = [s for s in data.splits["train"] if s.get(modality) is not None]
         val = [s for s in data.splits["validation"] if s.get(modality) is not None]
-        x = _teacher_inputs(teacher, train)
-        y = torch.tensor([int(s["label"]) for s in train])
-        model = teacher.model.requires_grad_(True)
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _teacher_lr(cfg.steps))
-        g = torch.Generator().manual_seed(seed)
-        order, pos = torch.randperm(len(train), generator=g), 0
-        for _ in range(cfg.steps):
-            if pos + cfg.batch_size > len(order):
-                order, pos = torch.randperm(len(train), generator=g), 0
-            idx = order[pos : pos + cfg.batch_size]
-            pos += cfg.batch_size
-            logits = model(**{k: v[idx] for k, v in x.items()}).logits
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-        model.eval()
-        val_acc = None
-        if val:
-            with torch.no_grad():
-                xv = _teacher_inputs(teacher, val)
-                chunks = [model(**{k: v[i : i + 128] for k, v in xv.items()}).logits for i in range(0, len(val), 128)]
-                pred = torch.cat(chunks)
-            val_acc = float((pred.argmax(-1) == torch.tensor([int(s["label"]) for s in val])).float().mean())
-        model.save_pretrained(dst, safe_serialization=True)
+        if cfg.folds > 1:
+            # cross-fitting: teacher k never sees fold k, so its targets on fold k are honest predictions, not
+            # memorised labels (see zoo.teachers.crossfit)
+            from zoo.teachers.crossfit import assign_folds, save_assignment
+
+            assignment = assign_folds([s["id"] for s in train], cfg.folds, seed)
+            accs = []
+            for k in range(cfg.folds):
+                rows = [s for s in train if assignment[str(s["id"])] != k]
+                accs.append(_fit_teacher(modality, cfg, data, dst / f"fold-{k}", rows, val, seed + k))
+            save_assignment(dst, assignment, cfg.folds)
+            val_acc = None if accs[0] is None else sum(accs) / len(accs)  # mean over the fold teachers
+            what = f"{cfg.folds} cross-fitted teachers ({len(train) - len(train) // cfg.folds} samples each)"
+        else:
+            val_acc = _fit_teacher(modality, cfg, data, dst, train, val, seed)
+            what = f"a teacher on {len(train)} samples"
         seconds = time.perf_counter() - t0
         atomic_write_json(marker, {"key": key, "val_accuracy": val_acc, "seconds": round(seconds, 1)})
-        n_params = sum(p.numel() for p in model.parameters())
         acc_txt = "n/a" if val_acc is None else f"{100 * val_acc:.1f}%"
         log(
-            f"teacher {modality}: trained {type(model).__name__} ({n_params / 1e6:.2f}M params) for {cfg.steps} steps "
-            f"on {len(train)} samples in {seconds:.0f}s; validation accuracy on its modality {acc_txt}"
+            f"teacher {modality}: trained {what} for {cfg.steps} steps each in {seconds:.0f}s; validation accuracy "
+            f"on its modality {acc_txt}"
         )
         out[modality] = dst
     return out
+
+
+def _fit_teacher(modality: str, cfg: TeacherTraining, data, dst: Path, train: list, val: list, seed: int):
+    """Build a fresh teacher in ``dst``, train it with CE on ``train``, save it; returns its validation accuracy."""
+    from zoo.teachers import load_teacher
+
+    torch.manual_seed(seed)
+    _build_teacher(modality, cfg, data, dst)
+    teacher = load_teacher(dst, modality=modality)
+    x = _teacher_inputs(teacher, train)
+    y = torch.tensor([int(s["label"]) for s in train])
+    model = teacher.model.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _teacher_lr(cfg.steps))
+    g = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(len(train), generator=g), 0
+    for _ in range(cfg.steps):
+        if pos + cfg.batch_size > len(order):
+            order, pos = torch.randperm(len(train), generator=g), 0
+        idx = order[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        logits = model(**{k: v[idx] for k, v in x.items()}).logits
+        loss = torch.nn.functional.cross_entropy(logits, y[idx])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    model.eval()
+    val_acc = None
+    if val:
+        with torch.no_grad():
+            xv = _teacher_inputs(teacher, val)
+            chunks = [model(**{k: v[i : i + 128] for k, v in xv.items()}).logits for i in range(0, len(val), 128)]
+            pred = torch.cat(chunks)
+        val_acc = float((pred.argmax(-1) == torch.tensor([int(s["label"]) for s in val])).float().mean())
+    model.save_pretrained(dst, safe_serialization=True)
+    return val_acc

@@ -167,10 +167,14 @@ class TeacherTraining:
 
     Each teacher is a transformers architecture notably larger than the student, trained from scratch with CE.
     ``modalities`` lists the modalities that get one (default: every modality of the data); rows that no teacher
-    carries learn from their labels in the KD term's place.
+    carries learn from their labels in the KD term's place. ``folds`` > 1 cross-fits: K teachers per modality,
+    each trained without one fold of the train rows, so every train row gets a target from a teacher that never
+    saw it (``zoo.teachers.crossfit``); a teacher trained on all rows has memorised them and teaches nothing more
+    than their labels.
     """
 
     modalities: list[str] | None = None
+    folds: int = 1
     steps: int = 300
     lr: float = 1e-3
     batch_size: int = 32
@@ -187,12 +191,23 @@ class TeacherTraining:
 
 @dataclass
 class DataSettings:
-    """Where the samples come from and how they are batched (``source: null`` is the bundled quickstart)."""
+    """Where the samples come from and how they are batched (``source: null`` is the bundled quickstart).
+
+    ``label_fraction`` < 1 keeps the labels of only that (seeded) fraction of the train rows for the students: the
+    setting of a user with a small labelled set and more unlabelled data. Teachers trained by the run still see every
+    label (they stand in for teachers trained on more data); the raw student learns from the kept labels only, the
+    distilled student also from the teachers' predictions on the other rows.
+    """
 
     source: str | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
     max_train_samples: int | None = None
+    label_fraction: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"data.label_fraction must be in (0, 1]; got {self.label_fraction}.")
 
 
 @dataclass

@@ -1,0 +1,145 @@
+"""Cross-fitted teachers: honest soft targets on the data the teachers were trained on.
+
+A teacher trained on the student's own training rows has memorised them: its outputs there are near one-hot
+and carry none of the "dark knowledge" (which wrong classes are close) that distillation transfers, so KD on
+those rows is label smoothing at best. Cross-fitting (out-of-fold prediction, as in stacking) fixes that: the
+train rows are split into K folds, teacher k is trained on every fold but k, and a train row is labelled by the
+one teacher that never saw it. Rows outside the folds (validation, test, new data) get the K teachers' mean
+probability, an ordinary ensemble.
+
+Layout of a cross-fitted teacher folder (written by ``zoo distill`` when ``teacher_training.folds > 1``)::
+
+    <folder>/crossfit.json     {"folds": K, "assignment": {sample id: fold}}
+    <folder>/fold-0/ ...       a teacher folder (load_teacher loads it), trained without fold 0
+    <folder>/fold-1/ ...
+
+Features and embeddings of different fold teachers live in different spaces, so a cross-fitted teacher offers
+logits only (feature and embedding distillation need a single teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo.teachers.base import Teacher, TeacherOutput, hash_json
+
+CROSSFIT_FILE = "crossfit.json"
+
+
+def is_crossfit_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / CROSSFIT_FILE).is_file()
+
+
+def assign_folds(ids: Sequence, folds: int, seed: int) -> dict[str, int]:
+    """Sample id -> fold, balanced and fixed by ``seed`` (a seeded permutation dealt round-robin)."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds; got {folds}.")
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    return {str(ids[i]): k % folds for k, i in enumerate(order)}
+
+
+class CrossFitTeacher(nn.Module):
+    """K teachers of one modality; a sample of fold k is answered by teacher k (trained without fold k).
+
+    It has the teacher interface the trainer and the teacher cache use (``__call__``, ``modality``,
+    ``num_classes``, ``fingerprint``...), with logits only.
+    """
+
+    similarity_scale = None
+
+    def __init__(self, teachers: Sequence[Teacher], assignment: dict[str, int], name: str = "crossfit"):
+        super().__init__()
+        if len(teachers) < 2:
+            raise ValueError(f"CrossFitTeacher needs at least 2 fold teachers; got {len(teachers)}.")
+        first = teachers[0]
+        for t in teachers[1:]:
+            if (t.modality, t.num_classes, t.preprocess_hash) != (
+                first.modality,
+                first.num_classes,
+                first.preprocess_hash,
+            ):
+                raise ValueError(
+                    f"fold teachers disagree: {first.name} ({first.modality}, {first.num_classes} classes) vs "
+                    f"{t.name} ({t.modality}, {t.num_classes} classes) or their preprocessing; they must be "
+                    "the same architecture and processor trained on different folds."
+                )
+        bad = sorted({k for k in assignment.values() if not 0 <= k < len(teachers)})
+        if bad:
+            raise ValueError(f"fold assignment names folds {bad}; there are {len(teachers)} fold teachers.")
+        self.folds = nn.ModuleList(teachers)
+        self.assignment = {str(k): int(v) for k, v in assignment.items()}
+        self.modality = first.modality
+        self.num_classes = first.num_classes
+        self.id2label = first.id2label
+        self.name = name
+        self.feature_layers: list[str] = []
+        self.preprocess_hash = first.preprocess_hash
+        self.identity = {
+            "adapter": type(self).__name__,
+            "folds": [t.fingerprint for t in teachers],
+            "assignment": hash_json(self.assignment),
+            "preprocess_hash": self.preprocess_hash,
+        }
+        self.fingerprint = hash_json(self.identity)
+
+    def train(self, mode: bool = True) -> CrossFitTeacher:
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.folds[0].device
+
+    def carries(self, sample: dict) -> bool:
+        return self.folds[0].carries(sample)
+
+    def _check_layers(self, layers: Sequence[str] | None) -> list[str]:
+        if layers:
+            raise ValueError(
+                f"cross-fitted teacher {self.name!r} offers logits only (its fold teachers' features live in "
+                f"different spaces); asked for layers {list(layers)}."
+            )
+        return []
+
+    def forward(self, samples: Sequence[dict], layers: Sequence[str] | None = None, pool: bool = False):
+        """Logits per sample from the teacher that did not see it; the mean probability for unseen ids."""
+        self._check_layers(layers)
+        inputs = self.folds[0].preprocess(samples)  # same processor for every fold
+        mask = inputs["mask"]
+        outs = [t.forward_inputs(inputs, layers=[]).logits for t in self.folds]  # K x (B, C)
+        probs = torch.stack([o.float().softmax(-1) for o in outs])  # (K, B, C)
+        logits = probs.mean(0).clamp_min(torch.finfo(torch.float32).tiny).log()
+        for i, s in enumerate(samples):
+            fold = self.assignment.get(str(s.get("id")))
+            if fold is not None:
+                logits[i] = outs[fold][i].float()
+        logits = logits * mask.unsqueeze(-1).to(logits.dtype)
+        return TeacherOutput(logits=logits, features={}, embeds=None, mask=mask)
+
+
+def save_assignment(folder: str | os.PathLike, assignment: dict[str, int], folds: int) -> None:
+    from zoo.io import atomic_write_json
+
+    atomic_write_json(Path(folder) / CROSSFIT_FILE, {"folds": folds, "assignment": assignment})
+
+
+def load_crossfit(folder: str | os.PathLike, modality: str | None = None, **kwargs) -> CrossFitTeacher:
+    """Load ``folder/crossfit.json`` and its ``fold-<k>`` teachers (each through ``load_teacher``)."""
+    from zoo.teachers.load import load_teacher
+
+    folder = Path(folder)
+    try:
+        spec = json.loads((folder / CROSSFIT_FILE).read_text(encoding="utf-8"))
+        folds, assignment = int(spec["folds"]), spec["assignment"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{folder / CROSSFIT_FILE} is not a valid cross-fit description ({e}).") from e
+    missing = [f"fold-{k}" for k in range(folds) if not (folder / f"fold-{k}").is_dir()]
+    if missing:
+        raise FileNotFoundError(f"cross-fitted teacher {folder} is missing {missing}.")
+    teachers = [load_teacher(folder / f"fold-{k}", modality=modality, **kwargs) for k in range(folds)]
+    return CrossFitTeacher(teachers, assignment, name=folder.name)
