@@ -1,0 +1,65 @@
+"""Cross-fitted teachers: each train row is answered by the fold teacher that never saw it."""
+
+import json
+
+import pytest
+import torch
+from test_teachers import save_bert_classifier, text_samples
+
+from zoo.teachers import CrossFitTeacher, TeacherCache, assign_folds, load_teacher
+from zoo.teachers.crossfit import save_assignment
+
+
+@pytest.fixture(scope="module")
+def crossfit_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("crossfit")
+    for k in range(2):
+        save_bert_classifier(folder / f"fold-{k}", seed=k)  # different weights per fold
+    save_assignment(folder, {"a": 0, "c": 1}, folds=2)
+    return folder
+
+
+def test_assign_folds_is_balanced_and_seeded():
+    ids = [f"r{i}" for i in range(10)]
+    a = assign_folds(ids, 3, seed=0)
+    assert a == assign_folds(ids, 3, seed=0) and a != assign_folds(ids, 3, seed=1)
+    assert sorted(list(a.values()).count(k) for k in range(3)) == [3, 3, 4]
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        assign_folds(ids, 1, seed=0)
+
+
+def test_rows_are_answered_by_the_teacher_that_did_not_see_them(crossfit_dir):
+    teacher = load_teacher(crossfit_dir, modality="text")
+    assert isinstance(teacher, CrossFitTeacher) and teacher.num_classes == 3
+    folds = [load_teacher(crossfit_dir / f"fold-{k}", modality="text") for k in range(2)]
+    samples = text_samples() + [{"id": "new", "text": "birds sing"}]
+    out = teacher(samples)
+    per_fold = [f(samples).logits for f in folds]
+    assert out.mask.tolist() == [True, False, True, True]
+    torch.testing.assert_close(out.logits[0], per_fold[0][0])  # "a" is in fold 0: teacher 0 never saw it
+    torch.testing.assert_close(out.logits[2], per_fold[1][2])  # "c" is in fold 1
+    mean = torch.stack([p[3].softmax(-1) for p in per_fold]).mean(0)
+    torch.testing.assert_close(out.logits[3].softmax(-1), mean)  # unseen id: the folds' mean probability
+    assert (out.logits[1] == 0).all()
+    with pytest.raises(ValueError, match="logits only"):
+        teacher(samples, layers=["layer.1"])
+
+
+def test_crossfit_teacher_caches_like_any_teacher(crossfit_dir, tmp_path):
+    teacher = load_teacher(crossfit_dir, modality="text")
+    data = [{"id": "a", "text": "the cat sat"}, {"id": "c", "text": "a dog ran"}, {"id": "z", "text": "the fox"}]
+    cache = TeacherCache(tmp_path, teacher, data, dataset_fingerprint="d1")
+    cache.precompute(progress=False)
+    torch.testing.assert_close(cache.lookup(["a", "c", "z"]).logits, teacher(data).logits)
+
+
+def test_bad_crossfit_folders(crossfit_dir, tmp_path):
+    (tmp_path / "crossfit.json").write_text(json.dumps({"folds": 2, "assignment": {"a": 0}}))
+    with pytest.raises(FileNotFoundError, match=r"missing \['fold-0', 'fold-1'\]"):
+        load_teacher(tmp_path, modality="text")
+    (tmp_path / "crossfit.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a valid cross-fit description"):
+        load_teacher(tmp_path, modality="text")
+    folds = [load_teacher(crossfit_dir / f"fold-{k}", modality="text") for k in range(2)]
+    with pytest.raises(ValueError, match="names folds"):
+        CrossFitTeacher(folds, {"a": 5})
