@@ -1023,7 +1023,13 @@ def _attempts(name: str, stage) -> list[dict]:
     if name == "prune":
         return [{"keep": k} for k in [stage.keep, *stage.retry_keeps]]
     if name == "hardware_adapt":
-        return [{"latency_budget_ms": stage.latency_budget_ms, "runtime": stage.runtime}]
+        return [
+            {
+                "latency_budget_ms": stage.latency_budget_ms,
+                "latency_budget_ratio": stage.latency_budget_ratio,
+                "runtime": stage.runtime,
+            }
+        ]
     return [{}]
 
 
@@ -1086,18 +1092,25 @@ def _quant(run: Run, stage, student, settings: dict, phase: str):
 
 
 def _hardware(run: Run, stage, student, settings: dict, phase: str):
-    from zoo.hardware import fit_latency_budget
+    from zoo.hardware import fit_latency_budget, runtime_latency_ms
 
-    if settings.get("latency_budget_ms") is None:
-        return None, "hardware_adapt.latency_budget_ms is not set", None
+    budget, ratio = settings.get("latency_budget_ms"), settings.get("latency_budget_ratio")
+    if budget is None and ratio is None:
+        return None, "neither hardware_adapt.latency_budget_ms nor latency_budget_ratio is set", None
     example = _example_batches(run, 1)[0]
     example = {k: v[:1] for k, v in example.items() if k != "labels"}
+    if budget is None:  # relative to the incoming student on this machine
+        budget = ratio * runtime_latency_ms(student, example, settings["runtime"])[0]
+        settings["latency_budget_ms"] = round(budget, 3)
     start = run._phase_dir(phase) / "start"
     if run.resume and (start / "model.safetensors").exists():
         from zoo.students import HybridStudent
 
         return HybridStudent.from_pretrained(start).train(), {}, None
-    candidate, report = fit_latency_budget(student, settings["latency_budget_ms"], settings["runtime"], example)
+    try:
+        candidate, report = fit_latency_budget(student, budget, settings["runtime"], example)
+    except ValueError as e:  # out of reach on this machine: keep the student as it is and say why
+        return None, str(e), None
     if run.is_main:
         candidate.save_pretrained(start)
     run.accelerator.wait_for_everyone()

@@ -141,9 +141,15 @@ class QuantStage(Stage):
 
 @dataclass
 class HardwareStage(Stage):
-    """Fit the student to a latency budget (batch 1, one thread) on ``runtime``, with KD recovery."""
+    """Fit the student to a latency budget (batch 1, one thread) on ``runtime``, with KD recovery.
+
+    ``latency_budget_ms`` is an absolute budget for a known target device. ``latency_budget_ratio`` (used when no
+    absolute budget is set) is a fraction of the incoming student's own latency measured on this machine, so a
+    recipe stays meaningful on any machine (the quickstart uses it). An unreachable budget skips the stage (logged).
+    """
 
     latency_budget_ms: float | None = None
+    latency_budget_ratio: float | None = None
     runtime: str = "torch"
 
 
