@@ -539,7 +539,7 @@ def build_card(
         total_rollbacks=str(sum(rollbacks)) if rollbacks else NA,
         controller=controller_summary(run),
         baseline=_baseline(run),
-        stage_notes=[f"{st['name']}: {st['note']}" for st in stages if st["note"]],
+        stage_notes=[f"{st['name']}: {st['note']}" for st in stages if st["note"]] + _setting_notes(run),
         plots=plots,
         limitations=limitations,
     )
@@ -585,3 +585,23 @@ def add_cli(sub) -> None:
     p.add_argument("--repo-id", default=None, help="hub id or catalogue name the usage code should load")
     p.add_argument("--license", default=None, help=f"license id (default: the run's, else {DEFAULT_LICENSE})")
     p.set_defaults(func=_cmd_card)
+
+
+def _setting_notes(run: dict) -> list[str]:
+    """Notes on how the run was set up that change how its numbers read (the label fraction, cross-fitting)."""
+    settings = run.get("recipe_settings") if isinstance(run.get("recipe_settings"), dict) else {}
+    notes = []
+    fraction = (settings.get("data") or {}).get("label_fraction")
+    if isinstance(fraction, (int, float)) and fraction < 1:
+        notes.append(
+            f"The students saw the labels of {100 * fraction:.0f}% of the train rows (`data.label_fraction`): the raw "
+            "student learned from those labels only, the distilled student also from the teachers' predictions on "
+            "the other rows."
+        )
+    folds = (settings.get("teacher_training") or {}).get("folds")
+    if run.get("teachers_trained_here") and isinstance(folds, int) and folds > 1:
+        notes.append(
+            f"The teachers were trained in this run with every train label and cross-fitted ({folds} folds): each "
+            "train row was labelled by a teacher that never saw it, so the targets are honest predictions."
+        )
+    return notes
