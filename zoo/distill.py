@@ -359,7 +359,10 @@ class Run:
         if self.recipe.tokenizer == "teacher":
             if "text" not in self.teacher_paths or not Path(self.teacher_paths["text"]).is_dir():
                 raise ValueError("tokenizer: teacher needs a text teacher given as a local folder.")
-            return load_tokenizer(self.teacher_paths["text"])
+            from zoo.teachers.crossfit import is_crossfit_folder
+
+            folder = Path(self.teacher_paths["text"])
+            return load_tokenizer(folder / "fold-0" if is_crossfit_folder(folder) else folder)
         if self.recipe.tokenizer != "train":
             return load_tokenizer(self.recipe.tokenizer)
         folder = self.out / "checkpoints" / "tokenizer"
