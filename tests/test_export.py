@@ -1,5 +1,6 @@
 """ONNX export (float and int8 QDQ), ONNX Runtime parity and int8 kernels, runtimes and the latency-budget search."""
 
+import collections
 import json
 
 import onnx
@@ -40,6 +41,20 @@ def test_float_export_parity_and_dynamic_batch(tmp_path):
     assert run_onnx(session, b).shape == (3, 3)
 
 
+def test_attention_exports_with_constant_scale_and_masks_padding(tmp_path):
+    s = _student()
+    path = export_onnx(s, tmp_path / "m.onnx", example_batch(s, 2))
+    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert ops["Softmax"] == len(s.attn_blocks) and ops["Sqrt"] == 0, ops  # 1/sqrt(head_dim) is a constant
+    b = example_batch(s, 3, seed=2)
+    b["attention_mask"][0, 5:] = 0  # padded text: those keys must be masked out
+    b["image_mask"][1] = False  # a sample without its image: its image tokens too
+    b["audio_mask"][2] = False
+    with torch.no_grad():
+        ref = s(**b)
+    assert onnx_max_abs_diff(s, onnx_session(path), b) <= FLOAT_RTOL * ref.abs().max()
+
+
 def test_int8_export_uses_int8_kernels_and_matches(tmp_path):
     import onnxruntime as ort
 
@@ -53,8 +68,12 @@ def test_int8_export_uses_int8_kernels_and_matches(tmp_path):
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     so.log_severity_level = 3
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    ops = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
-    assert {"MatMulIntegerToFloat", "QLinearConv"} <= ops, ops
+    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
+    # 4 linears of the attention block; the conv block's two 1x1 convs, run once per modality, as int8 MatMuls too
+    assert ops["MatMulIntegerToFloat"] == 4 + 2 * len(MODS) and ops["QLinearConv"] > 0 and ops["Conv"] == 0, ops
+    # no Shape reads a dequantized tensor (it would cost a DequantizeLinear just for the shape)
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert not [n for n in model.graph.node if n.op_type == "Shape" and producer.get(n.input[0]) == "DequantizeLinear"]
     session = onnx_session(path)
     b = example_batch(s, 4, seed=9)
     with torch.no_grad():

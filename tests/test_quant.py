@@ -56,6 +56,10 @@ def test_prepare_qat_swaps_layers_and_keeps_heads_float():
     assert kinds["attn_blocks.0.attn.qkv"] == "linear" and not any(k.startswith("heads") for k in kinds)
     assert isinstance(q.conv_blocks[0].dw, QATConv2d) and isinstance(q.attn_blocks[0].mlp.fc1, QATLinear)
     assert type(s.conv_blocks[0].dw) is torch.nn.Conv2d  # original untouched
+    # 1x1 convs are quantized like linears: quantized input, float output (no output quantizer to calibrate)
+    assert kinds["conv_blocks.0.pw1"] == kinds["conv_blocks.0.pw2"] == "pointwise"
+    assert kinds["stems.image.proj"] == "conv"
+    assert q.conv_blocks[0].pw1.output_quant is None and q.conv_blocks[0].dw.output_quant is not None
 
 
 def test_fake_quant_is_close_to_float_and_trains():
@@ -173,3 +177,32 @@ def test_cli_quantize_synthetic_calibration(tmp_path, capsys):
     assert entry["size_bytes"] < (tmp_path / "src" / "model.safetensors").stat().st_size / 2
     assert entry["accuracy"] is None
     assert main(["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "qq")]) == 1  # already int8
+
+
+def test_version_1_checkpoints_still_load(tmp_path, monkeypatch):
+    """Version 1 quantized every conv output, 1x1 convs included, and called them all "conv"."""
+    import zoo.quant as zq
+
+    s = _student()
+    kind_of = zq._kind_of
+    monkeypatch.setattr(zq, "_kind_of", lambda m: "conv" if type(m) is torch.nn.Conv2d else kind_of(m))
+    c = convert_int8(_calibrated(s))
+    monkeypatch.undo()
+    assert "conv_blocks.0.pw1.output_scale" in c.state_dict()
+    c.config.quantization["version"] = 1
+    c.save_pretrained(tmp_path)
+    r = HybridStudent.from_pretrained(tmp_path)
+    assert not r.conv_blocks[0].pw1.pointwise
+    b = example_batch(s, 2, seed=1)
+    torch.testing.assert_close(_logits(r, b), _logits(c, b), rtol=0, atol=0)
+
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["quantization"]["version"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="version 99.*Upgrade"):
+        HybridStudent.from_pretrained(tmp_path)
+    cfg["quantization"]["version"] = 2
+    cfg["quantization"]["modules"]["stems.image.proj"] = "pointwise"  # a 3x3 stride-2 conv
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="non-pointwise Conv2d"):
+        HybridStudent.from_pretrained(tmp_path)

@@ -9,12 +9,16 @@ spell it with Erf, which ONNX Runtime no longer fuses once QDQ nodes sit around 
 
 An int8 student exports as: int8 weight initializers -> DequantizeLinear, and QuantizeLinear -> DequantizeLinear on
 the activations that the scheme quantizes. ONNX Runtime (graph optimisations on, the default) fuses these into
-``MatMulIntegerToFloat`` (linear layers) and ``QLinearConv`` (convolutions): real int8 kernels.
+``MatMulIntegerToFloat`` (linear layers and 1x1 convs, exported as channels-last MatMuls) and ``QLinearConv`` (the
+other convolutions): real int8 kernels. Two rewrites keep work out of both graphs: attention is exported with its
+1/sqrt(head_dim) as a constant (one Mul on q, which ONNX Runtime folds into the QK^T MatMul) instead of a per-block
+shape computation, and ``Shape`` nodes read the int8 tensor rather than its dequantized copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -75,6 +79,77 @@ def example_batch(student: nn.Module, batch_size: int = 1, seed: int = 0) -> dic
     return batch
 
 
+def _sdpa_onnx(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``scaled_dot_product_attention`` as MatMul(q * scale, k^T) [+ mask] -> Softmax -> MatMul(v), scale a constant.
+
+    The stock symbolic recomputes 1/sqrt(head_dim) from the query's runtime shape in every block (Shape, Slice, Cast,
+    Sqrt, Div, Sqrt) and scales q and k separately; the head width is static, so one constant Mul on q does. Falls
+    back to the stock symbolic for what the students never use (dropout, causal or boolean masks, GQA).
+    """
+    from torch.onnx import symbolic_helper, symbolic_opset14
+
+    dims = symbolic_helper._get_tensor_sizes(query) or [None]
+    masked = not symbolic_helper._is_none(attn_mask)
+    if symbolic_helper._is_none(scale):
+        factor = dims[-1] ** -0.5 if isinstance(dims[-1], int) else None
+    else:
+        factor = symbolic_helper._maybe_get_const(scale, "f")
+    plain = not (dropout_p or is_causal or enable_gqa or (masked and attn_mask.type().scalarType() == "Bool"))
+    if not plain or not isinstance(factor, float):
+        args = (attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return symbolic_opset14.scaled_dot_product_attention(g, query, key, value, *args)
+    rank = len(dims)
+    key_t = g.op("Transpose", key, perm_i=list(range(rank - 2)) + [rank - 1, rank - 2])
+    scores = g.op("MatMul", g.op("Mul", query, g.op("Constant", value_t=torch.tensor(factor))), key_t)
+    if masked:
+        scores = g.op("Add", scores, attn_mask)
+    return g.op("MatMul", g.op("Softmax", scores, axis_i=-1), value)
+
+
+@contextlib.contextmanager
+def _custom_symbolics(opset: int):
+    """Our export rules for the duration of one export (the registry is global to the process)."""
+    from torch.onnx import symbolic_helper
+
+    name = "aten::scaled_dot_product_attention"
+    fn = symbolic_helper.parse_args("v", "v", "v", "v", "f", "b", "v", "b")(_sdpa_onnx)
+    torch.onnx.register_custom_op_symbolic(name, fn, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+def _shape_reads_skip_qdq(model) -> int:
+    """Point every ``Shape`` that reads a DequantizeLinear output at the DQ's int8 input instead.
+
+    DQ keeps the shape, but ONNX Runtime must still run a DQ (duplicating it when its int8 consumer fuses) just so
+    ``Shape`` can read its output: the stems' ``x.shape`` after an int8 conv cost a full dequantization each. Reading
+    further up (the float tensor before QuantizeLinear) would give that tensor a second consumer and stop ONNX Runtime
+    from fusing its producer into an int8 kernel. Returns the number of rewires.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        src = producer.get(node.input[0]) if node.op_type == "Shape" else None
+        if src is not None and src.op_type == "DequantizeLinear":
+            node.input[0] = src.input[0]
+            changed += 1
+    if changed:  # drop nodes whose outputs nobody reads any more (a DQ that only fed a Shape)
+        import onnx
+
+        graph_outputs = {o.name for o in model.graph.output}
+        while True:
+            used = {i for n in model.graph.node for i in n.input} | graph_outputs
+            dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+            if not dead:
+                break
+            for n in dead:
+                model.graph.node.remove(n)
+        onnx.checker.check_model(model)
+    return changed
+
+
 class _OnnxWrapper(nn.Module):
     """Positional tensors -> the student's keyword inputs; logits of every task as a tuple."""
 
@@ -117,7 +192,7 @@ def export_onnx(
     student.eval()
     path = Path(path)
     try:
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), _custom_symbolics(opset):
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer warnings on shape asserts
             torch.onnx.export(
                 wrapper,
@@ -130,6 +205,9 @@ def export_onnx(
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
+            model = onnx.load(str(tmp))
+            if _shape_reads_skip_qdq(model):
+                onnx.save(model, str(tmp))
             onnx.checker.check_model(str(tmp))
     finally:
         student.train(was_training)

@@ -4,11 +4,13 @@ Scheme (the same in training, in the saved checkpoint and in the ONNX graph):
 - weights of Conv2d (depthwise included), Linear and Embedding layers: int8, symmetric, per output channel (per row
   for embeddings), range [-127, 127], scale = max|w| / 127 of the channel (min-max, recomputed every step);
 - activations: uint8, asymmetric, per tensor, at the input of every quantized Conv2d / Linear and at the output of
-  every Conv2d. Their range is calibrated on a few batches (min-max), then either observed during training (``ema``:
-  exponential moving min / max) or learned (``lsq``: LSQ+, Bhalgat et al. 2020, on top of Esser et al. 2020's LSQ).
-  The conv outputs are quantized because ONNX Runtime only fuses Q -> Conv -> Q into its int8 ``QLinearConv``; a
-  Linear with a quantized input becomes ``MatMulIntegerToFloat``. uint8 activations with int8 weights (U8S8) are
-  ONNX Runtime's fast path on x86.
+  every Conv2d but the pointwise (1x1) ones. Their range is calibrated on a few batches (min-max), then either observed
+  during training (``ema``: exponential moving min / max) or learned (``lsq``: LSQ+, Bhalgat et al. 2020, on top of
+  Esser et al. 2020's LSQ). The conv outputs are quantized because ONNX Runtime only fuses Q -> Conv -> Q into its
+  int8 ``QLinearConv``; a Linear with a quantized input becomes ``MatMulIntegerToFloat``, which returns float. A
+  pointwise conv is a Linear over channels: it is quantized like one and exported as a channels-last MatMul, which
+  saves a quantize / dequantize pair per layer. uint8 activations with int8 weights (U8S8) are ONNX Runtime's fast
+  path on x86.
 Straight-through gradients come from torch's fake-quantize ops (``torch.fake_quantize_per_channel_affine``, and
 ``torch._fake_quantize_learnable_per_tensor_affine`` for LSQ).
 
@@ -37,11 +39,29 @@ import torch.nn.functional as F
 from torch import nn
 
 QUANT_FORMAT = "distill-zoo-int8"
-QUANT_VERSION = 1
+QUANT_VERSION = 2  # 2 added the "pointwise" kind; version 1 schemes (every conv "conv") still load
+READABLE_VERSIONS = (1, 2)
 W_QMIN, W_QMAX = -127, 127  # narrow symmetric range: no -128, so w and -w quantize alike
 A_QMIN, A_QMAX = 0, 255
 OBSERVERS = ("ema", "lsq")
-_KINDS = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}
+_KINDS = {"linear": nn.Linear, "conv": nn.Conv2d, "pointwise": nn.Conv2d, "embedding": nn.Embedding}
+
+
+def is_pointwise(conv: nn.Conv2d) -> bool:
+    """A 1x1, stride-1, ungrouped, unpadded conv: a Linear applied at every position."""
+    return (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding in ((0, 0), "valid")
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
+def _kind_of(m: nn.Module) -> str | None:
+    if type(m) is nn.Conv2d:
+        return "pointwise" if is_pointwise(m) else "conv"
+    return next((k for k, cls in _KINDS.items() if type(m) is cls), None)
 
 
 # ------------------------------------------------------------------------------------------------ primitives
@@ -198,31 +218,31 @@ class QATLinear(nn.Module):
 
 
 class QATConv2d(nn.Module):
-    """A Conv2d with fake-quantized input, weights and output; holds the float layer's own parameters."""
+    """A Conv2d with fake-quantized input, weights and output (float output for a pointwise conv)."""
 
-    kind = "conv"
-
-    def __init__(self, conv: nn.Conv2d, observer: str):
+    def __init__(self, conv: nn.Conv2d, observer: str, pointwise: bool = False):
         super().__init__()
         if conv.padding_mode != "zeros":
             raise ValueError(f"cannot quantize {conv}: only zero padding is supported.")
+        self.kind = "pointwise" if pointwise else "conv"
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.weight, self.bias = conv.weight, conv.bias
         self.input_quant = ActQuant(observer)
-        self.output_quant = ActQuant(observer)
+        self.output_quant = None if pointwise else ActQuant(observer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(
             self.input_quant(x), fake_quant_weight(self.weight), self.bias, self.stride, self.padding, self.dilation,
             self.groups,
         )  # fmt: skip
-        return self.output_quant(y)
+        return y if self.output_quant is None else self.output_quant(y)
 
     def int8_state(self) -> dict[str, torch.Tensor]:
         q, s = quantize_weight(self.weight)
         state = {"weight": q, "weight_scale": s}
         state["input_scale"], state["input_zero_point"] = self.input_quant.qparams()
-        state["output_scale"], state["output_zero_point"] = self.output_quant.qparams()
+        if self.output_quant is not None:
+            state["output_scale"], state["output_zero_point"] = self.output_quant.qparams()
         if self.bias is not None:
             state["bias"] = self.bias.detach().clone()
         return state
@@ -247,7 +267,12 @@ class QATEmbedding(nn.Module):
         return {"weight": q, "weight_scale": s}
 
 
-_QAT = {"linear": QATLinear, "conv": QATConv2d, "embedding": QATEmbedding}
+_QAT = {
+    "linear": QATLinear,
+    "conv": QATConv2d,
+    "pointwise": lambda conv, observer: QATConv2d(conv, observer, pointwise=True),
+    "embedding": QATEmbedding,
+}
 
 
 # ----------------------------------------------------------------------------------------- int8 inference
@@ -291,22 +316,31 @@ class Int8Linear(_Int8Module):
 
 
 class Int8Conv2d(_Int8Module):
-    """Conv2d with int8 weights (per output channel scales), uint8-quantized input and output."""
+    """Conv2d with int8 weights (per output channel scales), a uint8-quantized input and, unless pointwise, output."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, pointwise: bool = False):
         super().__init__()
+        self.pointwise = pointwise
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.register_buffer("weight", torch.zeros(conv.weight.shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(conv.out_channels))
         self.bias = nn.Parameter(torch.zeros(conv.out_channels)) if conv.bias is not None else None
         _act_buffers(self, "input")
-        _act_buffers(self, "output")
+        if not pointwise:
+            _act_buffers(self, "output")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         x = fake_quant_act(x, self.input_scale, self.input_zero_point)
-        w = dequantize(self.weight, self.weight_scale, 0)
-        y = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return fake_quant_act(y, self.output_scale, self.output_zero_point)
+        if self.pointwise and torch.onnx.is_in_onnx_export():
+            # channels-last MatMul on DequantizeLinear(int8 (C_in, C_out)): ONNX Runtime's MatMulIntegerToFloat, which
+            # needs no output quantization (QLinearConv does); its optimizer cancels the permutes against neighbours
+            w = dequantize(self.weight.flatten(1).t(), self.weight_scale, axis=1)
+            y = x.permute(0, 2, 3, 1) @ w
+            y = y + self.bias if self.bias is not None else y
+            return y.permute(0, 3, 1, 2)
+        y = F.conv2d(x, dequantize(self.weight, self.weight_scale, 0), self.bias, self.stride, self.padding,
+                     self.dilation, self.groups)  # fmt: skip
+        return y if self.pointwise else fake_quant_act(y, self.output_scale, self.output_zero_point)
 
 
 class Int8Embedding(_Int8Module):
@@ -326,8 +360,8 @@ class Int8Embedding(_Int8Module):
 def _int8_from_float(kind: str, m: nn.Module) -> nn.Module:
     if kind == "linear":
         return Int8Linear(m.in_features, m.out_features, m.bias is not None)
-    if kind == "conv":
-        return Int8Conv2d(m)
+    if kind in ("conv", "pointwise"):
+        return Int8Conv2d(m, pointwise=kind == "pointwise")
     return Int8Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx)
 
 
@@ -386,7 +420,7 @@ def prepare_qat(student: nn.Module, observer: str = "ema", exclude: Sequence[str
     for name, m in list(qat.named_modules()):
         if not name or _exclude_match(name, exclude):
             continue
-        kind = next((k for k, cls in _KINDS.items() if type(m) is cls), None)
+        kind = _kind_of(m)
         if kind is None:
             continue
         _set_module(qat, name, _QAT[kind](m, observer))
@@ -403,7 +437,7 @@ def prepare_qat(student: nn.Module, observer: str = "ema", exclude: Sequence[str
             "symmetric": False,
             "range": [A_QMIN, A_QMAX],
             "observer": observer,
-            "where": "inputs of conv and linear layers, outputs of conv layers",
+            "where": "inputs of conv and linear layers, outputs of conv layers other than pointwise (1x1) ones",
         },
         "exclude": list(exclude),
         "modules": modules,
@@ -506,11 +540,16 @@ def apply_quantization_scheme(model: nn.Module, scheme: dict) -> nn.Module:
     if not isinstance(scheme, dict) or scheme.get("format") != QUANT_FORMAT:
         found = scheme.get("format") if isinstance(scheme, dict) else type(scheme).__name__
         raise ValueError(f"config.quantization has format {found!r}; this version reads {QUANT_FORMAT!r}.")
-    if scheme.get("version") != QUANT_VERSION:
-        raise ValueError(f"config.quantization version {scheme.get('version')!r}; this version reads {QUANT_VERSION}.")
+    if scheme.get("version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"config.quantization version {scheme.get('version')!r}; this version of distill-zoo reads versions "
+            f"{list(READABLE_VERSIONS)}. Upgrade distill-zoo to load it."
+        )
     modules = scheme.get("modules")
     if not isinstance(modules, dict) or not modules:
-        raise ValueError("config.quantization has no 'modules' mapping (layer name -> linear / conv / embedding).")
+        raise ValueError(
+            "config.quantization has no 'modules' mapping (layer name -> linear / conv / pointwise / embedding)."
+        )
     for name, kind in modules.items():
         if kind not in _KINDS:
             raise ValueError(f"config.quantization.modules[{name!r}] = {kind!r}; expected one of {list(_KINDS)}.")
@@ -521,8 +560,9 @@ def apply_quantization_scheme(model: nn.Module, scheme: dict) -> nn.Module:
                 f"config.quantization lists layer {name!r}, which this architecture does not have: the config was "
                 "edited or belongs to another student."
             ) from None
-        if type(m) is not _KINDS[kind]:
-            raise ValueError(f"config.quantization says {name!r} is a {kind} layer, but it is a {type(m).__name__}.")
+        if type(m) is not _KINDS[kind] or (kind == "pointwise" and not is_pointwise(m)):
+            found = "non-pointwise Conv2d" if type(m) is nn.Conv2d else type(m).__name__
+            raise ValueError(f"config.quantization says {name!r} is a {kind} layer, but it is a {found}.")
         _set_module(model, name, _int8_from_float(kind, m))
     return model
 
