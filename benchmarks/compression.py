@@ -26,7 +26,7 @@ c = torch eager fp32 / torch eager pruned (same runtime; ONNX Runtime's ratio is
 Measured on the 2-vCPU / 1-core VM (AVX-512 VNNI), onnxruntime 1.32, while other jobs shared the core; b moves with
 their load, upwards when they contend for the core (hybrid_small once gave 2.05 beside a training job):
   hybrid_tiny   a=3.68 b=1.40-1.61 c=1.33-1.50
-  hybrid_small  a=3.83 b=1.72-1.81 c=1.45-1.54
+  hybrid_small  a=3.83 b=1.72-1.92 c=1.45-1.54
   hybrid_base   a=3.84 b=1.95-1.97 c=1.58-1.59
 b stays short of 2 because about 40% of the fp32 time is in ops int8 does not touch (GELU, softmax, LayerNorm, the
 attention score matmuls and their mask, residual adds, reshapes), while the int8 layers run ~3.5x faster than fp32.
