@@ -90,7 +90,10 @@ class DistillModule(nn.Module):
         multiplier: float = 1.0,
         gradient_penalty: float = 0.0,
         reference_logits: torch.Tensor | None = None,
+        scales: dict[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``scales`` ({"ce", "kd"}) reweight this process's per-row means so that, once DDP averages the
+        gradients, each term is the mean over the rows of the whole global batch (see ``Run._loss_scales``)."""
         from zoo.losses import ce_loss, kd_loss, logit_gradient_penalty, token_validity
 
         w = {"ce": 0.0, "kl": 0.0, "adaptive": 0.0, "quant": 0.0, **(weights or {})}
@@ -106,11 +109,11 @@ class DistillModule(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         loss = logits.sum() * 0.0
         if w["ce"] > 0:
-            terms["ce"] = ce_loss(logits, labels)
+            terms["ce"] = ce_loss(logits, labels) * (scales or {}).get("ce", 1.0)
             loss = loss + w["ce"] * terms["ce"]
         kd = None
         if (w["kl"] > 0 or w["adaptive"] > 0) and teachers:
-            kd = terms["kd"] = crit.logit_kd(logits, teachers, temperature, labels)
+            kd = terms["kd"] = crit.logit_kd(logits, teachers, temperature, labels) * (scales or {}).get("kd", 1.0)
             loss = loss + w["kl"] * kd
         if w["adaptive"] > 0 and teachers:
             mods = list(student.config.modalities)
@@ -458,6 +461,26 @@ class Run:
             "loss": float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan"),
         }
 
+    def _loss_scales(self, labels: torch.Tensor, teachers: dict) -> dict[str, float]:
+        """Weights that turn each process's per-row means into one mean over the global batch.
+
+        CE averages over the labelled rows, KD over the rows a teacher covers (plus labelled rows no teacher
+        covers). Their counts differ between the processes' halves of a batch (partial labels, missing
+        modalities), and DDP averages gradients with equal weights, so a plain mean of means would weight rows
+        unevenly. Scaling by n_local * P / n_global makes the averaged gradient that of the global mean.
+        """
+        acc = self.accelerator
+        labelled = labels != IGNORE_INDEX
+        covered = torch.zeros_like(labelled)
+        if teachers:
+            rows = self.criterion.teacher_log_probs(teachers, 1.0, labels.shape[0])[1]
+            if rows is not None:
+                covered = rows.to(labelled.device, torch.bool)
+        counts = torch.tensor([float(labelled.sum()), float((covered | labelled).sum())], device=acc.device)
+        total = acc.reduce(counts.clone(), "sum")
+        scale = torch.where(total > 0, counts * acc.num_processes / total.clamp(min=1.0), torch.ones_like(counts))
+        return {"ce": float(scale[0]), "kd": float(scale[1])}
+
     def teachers_for(self, ids: list[str]) -> dict:
         device = self.accelerator.device
         return {m: c.lookup(ids).to(device) for m, c in self.cached.items()}
@@ -628,10 +651,11 @@ class Run:
                 if reference is not None:
                     with torch.no_grad():
                         ref_logits = reference(**inputs)
+                scales = self._loss_scales(labels, teachers) if acc.num_processes > 1 else None
                 with acc.accumulate(module):
                     with acc.autocast():
                         terms = module(
-                            inputs, labels, teachers, temperature, weights, multiplier, gp, ref_logits
+                            inputs, labels, teachers, temperature, weights, multiplier, gp, ref_logits, scales
                         )  # fmt: skip
                     loss = terms["loss"]
                     finite = acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0
