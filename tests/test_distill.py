@@ -190,7 +190,7 @@ def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypat
 
     monkeypatch.setattr(zoo.distill, "_compression_backend", lambda name: (wreck, None))
     ov = [o for o in TINY if not o.startswith("stages.prune")] + [
-        "train.baseline=false", "stages.prune.steps=0", "train.accuracy_tolerance=0.0"
+        "train.baseline=false", "stages.prune.steps=0", "train.accuracy_tolerance=0.0", "data.label_fraction=1.0"
     ]  # fmt: skip
     metrics = distill("quickstart", tmp_path / "g", data=tiny_data, teachers=tiny_teachers, overrides=ov,
                       progress=False)  # fmt: skip
