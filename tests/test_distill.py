@@ -301,3 +301,18 @@ def test_two_processes_match_one(tmp_path):
         assert s2["val_loss"] == pytest.approx(s1["val_loss"], rel=1e-4)  # a duplicated padding row would show
     a, b = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+@pytest.mark.slow
+def test_int8_student_is_measured_in_onnxruntime(tiny_data, tiny_teachers, tmp_path):
+    """The run exports its int8 student to ONNX and measures that graph: same predictions as torch int8, up to a
+    stated tolerance of one sample (QDQ rounding in onnxruntime may flip a near-tie)."""
+    ov = [o for o in TINY if not o.startswith(("stages.prune", "stages.quant_finetune"))] + [
+        "train.baseline=false", "stages.prune.steps=2", "stages.quant_finetune.steps=2", "train.accuracy_tolerance=1.0"
+    ]  # fmt: skip
+    metrics = distill("quickstart", tmp_path / "q", data=tiny_data, teachers=tiny_teachers, overrides=ov,
+                      progress=False)  # fmt: skip
+    onnx, int8 = metrics["models"]["onnx_int8"], metrics["models"]["int8"]
+    assert onnx["runtime"] == "onnxruntime" and (tmp_path / "q" / onnx["file"]).exists()
+    assert onnx["accuracy"] == pytest.approx(int8["accuracy"], abs=1 / 32 + 1e-6)  # 32 test rows
+    assert onnx["size_bytes"] < 0.5 * metrics["models"]["distilled"]["size_bytes"]

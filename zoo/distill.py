@@ -883,6 +883,11 @@ class Run:
             ev = self.evaluate(model, split)
             if self.is_main:
                 models[name] = self._student_entry(model, folder, ev["accuracy"], example)
+        if "int8" in students and self.is_main:  # the deployment path of the int8 student: onnxruntime
+            try:
+                models["onnx_int8"] = self._onnx_entry(students["int8"], split, example)
+            except Exception as e:  # an export problem must not lose a finished run
+                self.log(f"onnx_int8 not measured: {type(e).__name__}: {e}")
         if hasattr(self, "raw_student") and self.is_main:
             shutil.copytree(self._phase_dir("raw_student") / "final", self.out / "raw_student", dirs_exist_ok=True)
             (self.out / "raw_student" / "criterion.safetensors").unlink(missing_ok=True)
@@ -921,6 +926,39 @@ class Run:
             print("\n" + format_table(data), flush=True)
         acc.wait_for_everyone()
         return data
+
+    def _onnx_entry(self, folder: Path, split: str, example: int) -> dict:
+        """Export the int8 student to ``folder/model.onnx`` (QDQ) and measure that graph in onnxruntime: accuracy
+        on ``split`` and batch-1 latency at one thread, on the same sample as the torch rows."""
+        from zoo.bench import count_params, model_entry, one_thread
+        from zoo.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+        from zoo.students import HybridStudent
+
+        model = HybridStudent.from_pretrained(folder)
+        rows = self.rows[split]
+        inputs, _, _ = _split_inputs(_collate_rows([rows[i] for i in range(min(2, len(rows)))]))
+        path = export_onnx(model, folder / "model.onnx", inputs)
+        session = onnx_session(path, threads=1)
+        correct = total = 0
+        for start in range(0, len(rows), self.recipe.data.eval_batch_size):
+            batch = _collate_rows(
+                [rows[i] for i in range(start, min(start + self.recipe.data.eval_batch_size, len(rows)))]
+            )
+            inputs, labels, _ = _split_inputs(batch)
+            keep = labels != IGNORE_INDEX
+            correct += int((run_onnx(session, inputs).argmax(-1)[keep] == labels[keep]).sum())
+            total += int(keep.sum())
+        one = {k: v[None] for k, v in rows[example].items() if k not in ("id", "labels")}
+        with one_thread():
+            latency = onnx_latency_ms(session, one, repeats=self.recipe.train.latency_repeats)
+        return model_entry(
+            accuracy=correct / max(total, 1),
+            params=count_params(model),
+            size_bytes=path.stat().st_size,
+            latency_ms=latency,
+            runtime="onnxruntime",
+            file=f"{folder.name}/{path.name}",
+        )
 
     def _latency_example(self, split: str) -> int:
         """Index of the sample latency is measured on: the first one carrying the most modalities."""
