@@ -331,15 +331,9 @@ def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | N
     ]
     if not points:
         return None
-    import matplotlib
+    from zoo.plots import png_figure
 
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    from zoo.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    try:
+    with png_figure(path, figsize=(6, 4), dpi=100) as (_, ax):
         for label, x, y in points:
             ax.scatter([x], [y], s=40)
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -350,11 +344,6 @@ def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | N
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Accuracy against latency")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
     return Path(path)
 
 

@@ -80,15 +80,9 @@ def _carries_any(split, modalities: list[str]):
 
 
 def _plot_curve(history: list[dict], path: Path) -> None:
-    import matplotlib
+    from zoo.plots import png_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from zoo.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    try:
+    with png_figure(path, figsize=(6, 3.5), dpi=100) as (_, ax):
         steps = [h["step"] for h in history]
         for key in ("loss", "ce", "kd"):
             if any(key in h for h in history):
@@ -98,11 +92,6 @@ def _plot_curve(history: list[dict], path: Path) -> None:
         ax.set_title("Fine-tuning")
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
 
 
 def finetune(
