@@ -41,6 +41,24 @@ def test_float_export_parity_and_dynamic_batch(tmp_path):
     assert run_onnx(session, b).shape == (3, 3)
 
 
+def test_reshapes_get_constant_shapes_and_batch_stays_dynamic(tmp_path):
+    s = _student()
+    path = export_onnx(s, tmp_path / "m.onnx", example_batch(s, 2))
+    model = onnx.load(path)
+    inits = {i.name for i in model.graph.initializer}
+    inits |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    reshapes = [n for n in model.graph.node if n.op_type == "Reshape"]
+    assert reshapes and all(n.input[1] in inits for n in reshapes)  # no Shape -> Gather -> Concat chain feeds them
+    assert sum(n.op_type == "Shape" for n in model.graph.node) < len(reshapes)
+    session = onnx_session(path)
+    for batch_size in (1, 5):  # -1 stands for the batch axis: other sizes than the export's still run and match
+        b = example_batch(s, batch_size, seed=batch_size)
+        with torch.no_grad():
+            ref = s(**b)
+        assert run_onnx(session, b).shape == (batch_size, 3)
+        assert onnx_max_abs_diff(s, session, b) <= FLOAT_RTOL * ref.abs().max()
+
+
 def test_attention_exports_with_constant_scale_and_masks_padding(tmp_path):
     s = _student()
     path = export_onnx(s, tmp_path / "m.onnx", example_batch(s, 2))

@@ -10,15 +10,18 @@ spell it with Erf, which ONNX Runtime no longer fuses once QDQ nodes sit around 
 An int8 student exports as: int8 weight initializers -> DequantizeLinear, and QuantizeLinear -> DequantizeLinear on
 the activations that the scheme quantizes. ONNX Runtime (graph optimisations on, the default) fuses these into
 ``MatMulIntegerToFloat`` (linear layers and 1x1 convs, exported as channels-last MatMuls) and ``QLinearConv`` (the
-other convolutions): real int8 kernels. Two rewrites keep work out of both graphs: attention is exported with its
+other convolutions): real int8 kernels. Three rewrites keep work out of both graphs: attention is exported with its
 1/sqrt(head_dim) as a constant (one Mul on q, which ONNX Runtime folds into the QK^T MatMul) instead of a per-block
-shape computation, and ``Shape`` nodes read the int8 tensor rather than its dequantized copy.
+shape computation; ``Shape`` nodes read the int8 tensor rather than its dequantized copy; and every ``Reshape`` whose
+target is static but for the batch gets a constant shape with -1 for the batch, which drops the Shape/Gather/Concat
+arithmetic the tracer records for ``x.reshape(B, ...)`` (a quarter of the nodes; 2-4% of latency).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -135,18 +138,65 @@ def _shape_reads_skip_qdq(model) -> int:
         if src is not None and src.op_type == "DequantizeLinear":
             node.input[0] = src.input[0]
             changed += 1
-    if changed:  # drop nodes whose outputs nobody reads any more (a DQ that only fed a Shape)
-        import onnx
+    if changed:
+        _drop_dead_nodes(model)  # a DQ that only fed a Shape
+    return changed
 
-        graph_outputs = {o.name for o in model.graph.output}
-        while True:
-            used = {i for n in model.graph.node for i in n.input} | graph_outputs
-            dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
-            if not dead:
-                break
-            for n in dead:
-                model.graph.node.remove(n)
-        onnx.checker.check_model(model)
+
+def _drop_dead_nodes(model) -> None:
+    """Remove nodes whose outputs nobody reads (graph outputs count as read), then initializers nobody reads."""
+    graph_outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | graph_outputs
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+
+
+def _static_reshapes(model) -> int:
+    """Give every ``Reshape`` whose target is static but for the batch axis a constant shape, with -1 for the batch.
+
+    The TorchScript exporter spells ``x.reshape(B, N, ...)`` as Shape -> Gather -> Unsqueeze -> Concat -> Reshape,
+    recomputed at every call: about 280 of the 1100 nodes of an int8 ``hybrid_small`` graph, each a kernel launch
+    in ONNX Runtime. Symbolic shape inference (ONNX Runtime's, the one its transformer tools use) tells which
+    Reshape outputs are known up to the batch axis; their shape becomes an initializer and the dead shape arithmetic
+    is dropped. -1 is exact there: the element count fixes the one unknown axis. Returns the number of rewrites.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception as e:  # an optimisation only: a graph the inference cannot follow is exported as traced
+        # logged, not warned: export_onnx silences warnings (the tracer's) around this call
+        logging.getLogger(__name__).warning(
+            "ONNX export: shape inference failed (%s); Reshapes keep their run-time shapes.", e
+        )
+        return 0
+    shapes = {v.name: v.type.tensor_type.shape for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    constant = {i.name for i in model.graph.initializer}
+    constant |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] in constant or node.output[0] not in shapes:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in shapes[node.output[0]].dim]
+        unknown = [i for i, d in enumerate(dims) if d is None]
+        if len(unknown) != 1 or 0 in dims:
+            continue
+        target = np.array([-1 if d is None else d for d in dims], dtype=np.int64)
+        name = f"{node.output[0]}/static_shape"
+        model.graph.initializer.append(numpy_helper.from_array(target, name))
+        node.input[1] = name
+        changed += 1
+    if changed:
+        _drop_dead_nodes(model)
     return changed
 
 
@@ -206,9 +256,9 @@ def export_onnx(
                 do_constant_folding=True,
             )
             model = onnx.load(str(tmp))
-            if _shape_reads_skip_qdq(model):
+            if _shape_reads_skip_qdq(model) + _static_reshapes(model):
                 onnx.save(model, str(tmp))
-            onnx.checker.check_model(str(tmp))
+            onnx.checker.check_model(str(tmp), full_check=True)
     finally:
         student.train(was_training)
     return path
