@@ -316,3 +316,23 @@ def test_int8_student_is_measured_in_onnxruntime(tiny_data, tiny_teachers, tmp_p
     assert onnx["runtime"] == "onnxruntime" and (tmp_path / "q" / onnx["file"]).exists()
     assert onnx["accuracy"] == pytest.approx(int8["accuracy"], abs=1 / 32 + 1e-6)  # 32 test rows
     assert onnx["size_bytes"] < 0.5 * metrics["models"]["distilled"]["size_bytes"]
+
+
+@pytest.mark.slow
+def test_prune_recovers_by_kd_from_the_unpruned_student(tiny_data, tiny_teachers, tmp_path):
+    """The prune stage's ``reference`` term distils the unpruned student into the pruned one at every step, and the
+    stage reports the share of validation answers that stayed the same."""
+    ov = [o for o in TINY if not o.startswith("stages.prune")] + [
+        "train.baseline=false", "stages.prune.steps=4", "train.log_every=1", "train.accuracy_tolerance=1.0",
+        "stages.prune.weights.reference=1.0", "stages.prune.weights.kl=0.0", "stages.prune.weights.ce=0.0",
+    ]  # fmt: skip
+    metrics = distill("quickstart", tmp_path / "p", data=tiny_data, teachers=tiny_teachers, overrides=ov,
+                      progress=False)  # fmt: skip
+    prune = next(s for s in metrics["run"]["stages"] if s["name"] == "prune")
+    assert prune["status"] == "done" and 0.0 <= prune["val_agreement"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    terms = [r for r in records if r.get("event") == "train" and r.get("phase") == "prune-a0"]
+    assert len(terms) == 4 and all(r["reference"] > 0 and np.isfinite(r["reference"]) for r in terms)
+    assert all("kd" not in r and "ce" not in r for r in terms)  # the unpruned student was the only target
+    pruned = metrics["models"]["pruned"]  # on the test split, against the student the step started from
+    assert pruned["compared_with"] == "distilled" and 0.0 <= pruned["answers_unchanged"] <= 1.0

@@ -96,7 +96,7 @@ class DistillModule(nn.Module):
         gradients, each term is the mean over the rows of the whole global batch (see ``Run._loss_scales``)."""
         from zoo.losses import ce_loss, kd_loss, logit_gradient_penalty, token_validity
 
-        w = {"ce": 0.0, "kl": 0.0, "adaptive": 0.0, "quant": 0.0, **(weights or {})}
+        w = {"ce": 0.0, "kl": 0.0, "adaptive": 0.0, "quant": 0.0, "reference": 0.0, **(weights or {})}
         teachers = teachers or {}
         student, crit = self.student, self.criterion
         indices = crit.intermediate_indices() if w["adaptive"] > 0 and teachers else []
@@ -123,9 +123,10 @@ class DistillModule(nn.Module):
             terms.update(parts)
             terms["distill"] = crit.distillation_term({"kd": kd, **parts})
             loss = loss + w["adaptive"] * multiplier * terms["distill"]
-        if w["quant"] > 0 and reference_logits is not None:
-            terms["quant"] = kd_loss(logits, reference_logits, temperature)
-            loss = loss + w["quant"] * terms["quant"]
+        for key in ("quant", "reference"):  # KD from the stage's starting student (float, or unpruned)
+            if w[key] > 0 and reference_logits is not None:
+                terms[key] = kd_loss(logits, reference_logits, temperature)
+                loss = loss + w[key] * terms[key]
         if gradient_penalty > 0 and kd is not None and torch.is_grad_enabled():
             terms["grad_penalty"] = logit_gradient_penalty(kd, logits)
             loss = loss + gradient_penalty * terms["grad_penalty"]
@@ -459,6 +460,7 @@ class Run:
         return {
             "accuracy": float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan"),
             "loss": float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan"),
+            "predictions": logits.argmax(-1),
         }
 
     def _loss_scales(self, labels: torch.Tensor, teachers: dict) -> dict[str, float]:
@@ -820,7 +822,8 @@ class Run:
             self.log(f"{name}: skipped: {reason}")
             summary["reason"] = reason
             return student, summary
-        before = self.evaluate(student)["accuracy"]
+        start = self.evaluate(student)
+        before = start["accuracy"]
         tol = self.recipe.train.accuracy_tolerance
         attempts = _attempts(name, stage)
         for i, settings in enumerate(attempts):
@@ -834,12 +837,19 @@ class Run:
                 candidate, trained = self.train_phase(phase, stage, candidate, reference=reference)
                 summary["steps"] += trained["steps"]
             candidate = _finalize(name, candidate)
-            after = self.evaluate(candidate)["accuracy"]
-            drop = before - after
-            summary.update(settings=settings, val_accuracy_before=before, val_accuracy=after, **result)
+            evaluated = self.evaluate(candidate)
+            after, drop = evaluated["accuracy"], before - evaluated["accuracy"]
+            # the share of validation rows answered as before: accuracy can hold while answers churn both ways
+            agreement = float((evaluated["predictions"] == start["predictions"]).float().mean())
+            summary.update(
+                settings=settings, val_accuracy_before=before, val_accuracy=after, val_agreement=agreement, **result
+            )
             if drop <= tol:
                 summary["status"] = "done"
-                self.log(f"{name}: {settings}: validation accuracy {100 * before:.2f}% -> {100 * after:.2f}% (kept)")
+                self.log(
+                    f"{name}: {settings}: validation accuracy {100 * before:.2f}% -> {100 * after:.2f}%, "
+                    f"{100 * agreement:.1f}% of answers unchanged (kept)"
+                )
                 return candidate, summary
             event = {"settings": settings, "accuracy_before": before, "accuracy_after": after, "drop": drop}
             summary["rollbacks"].append(event)
@@ -878,11 +888,20 @@ class Run:
         acc.wait_for_everyone()
         from zoo.students import HybridStudent
 
+        predictions = {}
         for name, folder in students.items():
             model = HybridStudent.from_pretrained(folder)
             ev = self.evaluate(model, split)
+            predictions[name] = ev["predictions"]
             if self.is_main:
                 models[name] = self._student_entry(model, folder, ev["accuracy"], example)
+        # each compression step against the student it started from: a small test split moves by whole samples, and
+        # the share of answers that stayed the same tells a real loss from churn that happens to net out
+        float_source = "pruned" if "pruned" in students else "distilled"
+        for name, source in (("pruned", "distilled"), ("int8", float_source), ("hardware", float_source)):
+            if self.is_main and name in models and source in predictions:
+                same = float((predictions[name] == predictions[source]).float().mean())
+                models[name].update(compared_with=source, answers_unchanged=round(same, 6))
         if "int8" in students and self.is_main:  # the deployment path of the int8 student: onnxruntime
             try:
                 models["onnx_int8"] = self._onnx_entry(students["int8"], split, example)
@@ -1137,23 +1156,30 @@ def _prune(run: Run, stage, student, settings: dict, phase: str):
     if run.resume and (start / "model.safetensors").exists():
         from zoo.students import HybridStudent
 
-        return HybridStudent.from_pretrained(start).train(), {}, None
+        return HybridStudent.from_pretrained(start).train(), {}, _reference(stage, student)
     candidate = prune_student(
         student, keep=settings["keep"], criterion=stage.criterion, importance_batches=_example_batches(run, 4)
     )
     if run.is_main:
         candidate.save_pretrained(start)
     run.accelerator.wait_for_everyone()
-    return candidate.train(), {"params_before": student.num_params(), "params_after": candidate.num_params()}, None
+    result = {"params_before": student.num_params(), "params_after": candidate.num_params()}
+    return candidate.train(), result, _reference(stage, student)
+
+
+def _reference(stage, student):
+    """The stage's starting student, frozen, when its loss has a ``reference`` (or ``quant``) KD term; else None."""
+    if stage.weights.reference <= 0 and stage.weights.quant <= 0:
+        return None
+    return copy.deepcopy(student).eval().requires_grad_(False)
 
 
 def _quant(run: Run, stage, student, settings: dict, phase: str):
     from zoo.quant import calibrate, prepare_qat
 
-    reference = copy.deepcopy(student).eval().requires_grad_(False)
     qat = prepare_qat(copy.deepcopy(student))
     calibrate(qat, _example_batches(run, stage.calibration_batches))
-    return qat.train(), {}, reference
+    return qat.train(), {}, _reference(stage, student)
 
 
 def _hardware(run: Run, stage, student, settings: dict, phase: str):
@@ -1171,7 +1197,7 @@ def _hardware(run: Run, stage, student, settings: dict, phase: str):
     if run.resume and (start / "model.safetensors").exists():
         from zoo.students import HybridStudent
 
-        return HybridStudent.from_pretrained(start).train(), {}, None
+        return HybridStudent.from_pretrained(start).train(), {}, _reference(stage, student)
     try:
         candidate, report = fit_latency_budget(student, budget, settings["runtime"], example)
     except ValueError as e:  # out of reach on this machine: keep the student as it is and say why
@@ -1180,7 +1206,7 @@ def _hardware(run: Run, stage, student, settings: dict, phase: str):
         candidate.save_pretrained(start)
     run.accelerator.wait_for_everyone()
     keep = {k: report[k] for k in ("keep", "latency_ms", "budget_ms", "runtime") if k in report}
-    return candidate.train(), {"latency_fit": keep}, None
+    return candidate.train(), {"latency_fit": keep}, _reference(stage, student)
 
 
 def _finalize(name: str, candidate):

@@ -68,12 +68,16 @@ class LossWeights:
         adaptive: the full distillation term (logit KD + feature, embedding and relation alignment, weighted as in
             ``losses``), multiplied by the adaptive controller's current multiplier.
         quant: KD from the float student to the quantized one (the quantization-error loss).
+        reference: KD from the student a compression stage started from: the unpruned student in ``prune`` and
+            ``hardware_adapt`` (self-distillation: the pruned student learns to answer as it did before, on every
+            train row, labelled or not), the float student in ``quant_finetune`` (the same term as ``quant``).
     """
 
     ce: float = 0.0
     kl: float = 0.0
     adaptive: float = 0.0
     quant: float = 0.0
+    reference: float = 0.0
 
     def uses_teacher(self) -> bool:
         return self.kl > 0 or self.adaptive > 0
