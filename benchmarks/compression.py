@@ -26,7 +26,7 @@ c = torch eager fp32 / torch eager pruned (same runtime; ONNX Runtime's ratio is
 Measured on the 2-vCPU / 1-core VM (AVX-512 VNNI), onnxruntime 1.32; b moves by about +-0.05 from run to run:
   hybrid_tiny   a=3.68 b=1.40-1.61 c=1.33-1.50
   hybrid_small  a=3.83 b=1.88-1.95 c=1.52-1.54   (torch fp32 / onnxruntime int8: 2.50-2.55)
-  hybrid_base   a=3.84 b=1.95-1.97 c=1.58-1.59   (before the static-Reshape export; not re-measured)
+  hybrid_base   a=3.84 b=1.90      c=1.56        (torch fp32 / onnxruntime int8: 1.87; --rounds 40)
 b stays short of 2 because, in ONNX Runtime's profile of hybrid_small, 35-40% of the fp32 time is in ops int8 does
 not touch (GELU, softmax, LayerNorm, the attention score matmuls and their mask, bias and residual adds, transposes)
 while the int8 layers (MatMulIntegerToFloat, QLinearConv) run 3.9-5x faster than their fp32 kernels. Tried without
