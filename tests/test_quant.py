@@ -91,7 +91,7 @@ def test_convert_matches_fake_quant_and_round_trips(tmp_path):
     q = _calibrated(s)
     c = convert_int8(q)
     b = example_batch(s, 3, seed=5)
-    # eager int8 dequantizes with the fake-quantizer's own arithmetic: equal, not merely close
+    # eager int8 multiplies the fake-quantizer's own integers (exactly, in int32): equal up to float summation order
     torch.testing.assert_close(_logits(c, b), _logits(q.eval(), b), rtol=0, atol=1e-6)
     assert isinstance(c.attn_blocks[0].attn.qkv, Int8Linear) and isinstance(c.stems["image"].proj, Int8Conv2d)
     c.save_pretrained(tmp_path)
@@ -206,3 +206,23 @@ def test_version_1_checkpoints_still_load(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="non-pointwise Conv2d"):
         HybridStudent.from_pretrained(tmp_path)
+
+
+def test_eager_int8_inference_runs_int8_gemms_and_matches_the_fake_quant_arithmetic(monkeypatch):
+    s = _student()
+    c = convert_int8(_calibrated(s))
+    b = example_batch(s, 3, seed=6)
+    with torch.enable_grad():  # autograd on: the fake-quantized float arithmetic (what fine-tuning differentiates)
+        ref = c(**b).detach()
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, w: calls.append(a.dtype) or int_mm(a, w))
+    out = _logits(c, b)
+    int8_layers = [m for m in c.modules() if isinstance(m, Int8Linear) or getattr(m, "pointwise", False)]
+    assert len(calls) >= len(int8_layers) and set(calls) == {torch.int8}
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    # the cached GEMM weights follow the module's weights: an in-place edit is seen by the next call
+    layer = c.attn_blocks[0].attn.qkv
+    with torch.no_grad():
+        layer.weight.neg_()
+    assert not torch.allclose(_logits(c, b), out)

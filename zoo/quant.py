@@ -16,9 +16,11 @@ Straight-through gradients come from torch's fake-quantize ops (``torch.fake_qua
 
 ``convert_int8`` turns a trained fake-quantized student into a student whose quantized layers hold int8 weight
 tensors and float scales as plain buffers, saved as such in model.safetensors; ``config.quantization`` lists the
-scheme and every quantized layer, so ``from_pretrained`` rebuilds exactly that module structure. In torch eager the
-int8 layers dequantize their weights on the fly (the arithmetic of the fake-quantized model, bit for bit); exported to
-ONNX they become DequantizeLinear(int8) / QuantizeLinear nodes that ONNX Runtime runs with int8 kernels.
+scheme and every quantized layer, so ``from_pretrained`` rebuilds exactly that module structure. In torch eager
+inference (no autograd, CPU) the linear layers and pointwise convs quantize their input and run an int8 GEMM
+(``torch._int_mm``: the fake-quantized model's integers, accumulated exactly), and the other convs use weights
+dequantized once; with autograd on they run the fake-quantized float arithmetic. Exported to ONNX they become
+DequantizeLinear(int8) / QuantizeLinear nodes that ONNX Runtime runs with int8 kernels, the fastest path.
 Typical use (the trainer's quant_finetune stage)::
 
     qat = prepare_qat(student)                  # a copy with fake quantization
@@ -276,8 +278,42 @@ _QAT = {
 
 
 # ----------------------------------------------------------------------------------------- int8 inference
+def _eager_int8(x: torch.Tensor) -> bool:
+    """Whether a call runs the int8 kernels of torch eager: CPU inference, outside ONNX export (which needs the QDQ
+    spelling) and outside autograd (the rounding has no gradient; fine-tuning keeps the fake-quantized arithmetic)."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
+
+
 class _Int8Module(nn.Module):
-    """Shared checks: a checkpoint must hand us int8 weights, or it was saved from a different scheme."""
+    """Shared checks: a checkpoint must hand us int8 weights, or it was saved from a different scheme.
+
+    Also the eager inference caches: the weight as the int8 GEMM wants it (transposed, with its column sums for the
+    input zero point), or dequantized once for the convolutions torch has no int8 kernel for. They are rebuilt when
+    the weight tensor changes (a new load, an in-place edit) and are never saved.
+    """
+
+    def _cached(self, key: str, build):
+        stamp = (self.weight.data_ptr(), self.weight._version, self.weight_scale.data_ptr(), self.weight_scale._version)
+        cache = self.__dict__.setdefault("_eager_cache", {})
+        if key not in cache or cache[key][0] != stamp:
+            cache[key] = (stamp, build())
+        return cache[key][1]
+
+    def _int8_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., K)`` -> ``(..., N)`` through ``torch._int_mm`` (int8 x int8 -> int32): the same integers the
+        fake-quantized arithmetic multiplies, accumulated exactly, then scaled once per output column."""
+        w = self.weight.flatten(1)
+        wt, wsum = self._cached("gemm", lambda: (w.t().contiguous(), w.sum(dim=1, dtype=torch.int32)))
+        scale, zero = self.input_scale.reshape(()).float(), int(self.input_zero_point)
+        # the uint8 codes of fake quantization (round half to even of x * (1 / scale), plus the zero point), shifted
+        # by -128 into int8: int8 codes with zero point z - 128
+        q = (x.float() * (1.0 / scale)).round_().add_(zero - 128).clamp_(-128, 127).to(torch.int8)
+        acc = torch._int_mm(q.reshape(-1, q.shape[-1]), wt)
+        acc -= (zero - 128) * wsum  # sum_k (q_k - z') w_k = sum_k q_k w_k - z' sum_k w_k
+        y = acc.float() * (scale * self.weight_scale)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         w = state_dict.get(prefix + "weight")
@@ -307,6 +343,8 @@ class Int8Linear(_Int8Module):
         _act_buffers(self, "input")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _eager_int8(x):
+            return self._int8_linear(x)
         x = fake_quant_act(x, self.input_scale, self.input_zero_point)
         if torch.onnx.is_in_onnx_export():
             # DequantizeLinear(int8 (in, out)) -> MatMul: the pattern ONNX Runtime fuses into MatMulIntegerToFloat
@@ -330,6 +368,14 @@ class Int8Conv2d(_Int8Module):
             _act_buffers(self, "output")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        if _eager_int8(x):
+            if self.pointwise:  # a Linear over channels: the int8 GEMM, channels-last
+                return self._int8_linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            # torch eager has no int8 (depthwise) conv: the float weights are dequantized once, not on every call
+            w = self._cached("float", lambda: dequantize(self.weight, self.weight_scale, 0))
+            x = fake_quant_act(x, self.input_scale, self.input_zero_point)
+            y = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return fake_quant_act(y, self.output_scale, self.output_zero_point)
         x = fake_quant_act(x, self.input_scale, self.input_zero_point)
         if self.pointwise and torch.onnx.is_in_onnx_export():
             # channels-last MatMul on DequantizeLinear(int8 (C_in, C_out)): ONNX Runtime's MatMulIntegerToFloat, which
