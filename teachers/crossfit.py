@@ -36,6 +36,12 @@ def is_crossfit_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / CROSSFIT_FILE).is_file()
 
 
+def tokenizer_folder(path: str | os.PathLike) -> Path:
+    """The tokenizer a student takes from a teacher folder: the folder's own, or fold 0's for a cross-fitted teacher
+    (each fold keeps the processor it was trained with; the student needs one, and fold 0's is as good as any)."""
+    return Path(path) / "fold-0" if is_crossfit_folder(path) else Path(path)
+
+
 def assign_folds(ids: Sequence, folds: int, seed: int) -> dict[str, int]:
     """Sample id -> fold, balanced and fixed by ``seed`` (a seeded permutation dealt round-robin)."""
     if folds < 2:

@@ -82,3 +82,11 @@ def test_label_fraction_hides_labels_from_the_students():
     assert again.unlabeled == rows.unlabeled  # seeded
     with pytest.raises(ValueError, match="label_fraction"):
         DataSettings(label_fraction=0.0)
+
+
+def test_tokenizer_folder_of_a_crossfit_teacher_is_fold_0(tmp_path):
+    from zoo.teachers.crossfit import CROSSFIT_FILE, tokenizer_folder
+
+    assert tokenizer_folder(tmp_path) == tmp_path  # a plain teacher folder holds its own tokenizer
+    (tmp_path / CROSSFIT_FILE).write_text("{}")
+    assert tokenizer_folder(tmp_path) == tmp_path / "fold-0"

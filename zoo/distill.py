@@ -363,10 +363,9 @@ class Run:
         if self.recipe.tokenizer == "teacher":
             if "text" not in self.teacher_paths or not Path(self.teacher_paths["text"]).is_dir():
                 raise ValueError("tokenizer: teacher needs a text teacher given as a local folder.")
-            from zoo.teachers.crossfit import is_crossfit_folder
+            from zoo.teachers.crossfit import tokenizer_folder
 
-            folder = Path(self.teacher_paths["text"])
-            return load_tokenizer(folder / "fold-0" if is_crossfit_folder(folder) else folder)
+            return load_tokenizer(tokenizer_folder(self.teacher_paths["text"]))
         if self.recipe.tokenizer != "train":
             return load_tokenizer(self.recipe.tokenizer)
         folder = self.out / "checkpoints" / "tokenizer"
