@@ -226,3 +226,10 @@ def test_eager_int8_inference_runs_int8_gemms_and_matches_the_fake_quant_arithme
     with torch.no_grad():
         layer.weight.neg_()
     assert not torch.allclose(_logits(c, b), out)
+
+
+def test_int8_student_built_under_inference_mode_runs():
+    s = _student()
+    with torch.inference_mode():  # inference tensors carry no version counter: the eager caches must not need one
+        c = convert_int8(_calibrated(s))
+        assert c(**example_batch(s, 2, seed=1)).shape == (2, 3)

@@ -284,6 +284,12 @@ def _eager_int8(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
 
 
+def _tensor_stamp(t: torch.Tensor) -> tuple:
+    """Storage and in-place version of a tensor; tensors made under ``torch.inference_mode`` have no version counter
+    (and cannot be edited in place outside it), so their storage stands for them."""
+    return (t.data_ptr(), None if t.is_inference() else t._version)
+
+
 class _Int8Module(nn.Module):
     """Shared checks: a checkpoint must hand us int8 weights, or it was saved from a different scheme.
 
@@ -293,7 +299,7 @@ class _Int8Module(nn.Module):
     """
 
     def _cached(self, key: str, build):
-        stamp = (self.weight.data_ptr(), self.weight._version, self.weight_scale.data_ptr(), self.weight_scale._version)
+        stamp = tuple(_tensor_stamp(t) for t in (self.weight, self.weight_scale))
         cache = self.__dict__.setdefault("_eager_cache", {})
         if key not in cache or cache[key][0] != stamp:
             cache[key] = (stamp, build())
