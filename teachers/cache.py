@@ -330,7 +330,11 @@ class TeacherCache:
         n, size = len(self.dataset), self.shard_size
         rows_done = sum(min(size, n - s * size) for s in done)
         bar = tqdm(
-            total=n, initial=rows_done, unit="sample", desc=f"teacher cache {self.teacher.name}", disable=not progress
+            total=n,
+            initial=rows_done,
+            unit="sample",
+            desc=f"teacher cache {self.teacher.name}",
+            disable=None if progress else True,  # None: on a terminal only
         )
         with bar:
             for shard in range(manifest["num_shards"]):

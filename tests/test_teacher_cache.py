@@ -74,10 +74,11 @@ def _counting(teacher, interrupt_after=None):
     return calls
 
 
-def test_cached_equals_online(teacher_dir, tmp_path):
+def test_cached_equals_online(teacher_dir, tmp_path, capsys):
     teacher = load_teacher(teacher_dir)
     data = dataset()
     cache = TeacherCache(tmp_path, teacher, data, features=["layer.1"], shard_size=8).precompute(batch_size=4)
+    assert "teacher cache" not in capsys.readouterr().err  # progress bars show on a terminal only, not in a log
     files = sorted(os.listdir(cache.path))
     assert files == ["manifest.json"] + [f"shard-0000{i}.safetensors" for i in range(3)]
     cached = cache.as_teacher()

@@ -631,9 +631,9 @@ class Run:
                 ev = self.evaluate(unwrapped.student, limit=ctrl_cfg.eval_samples)
                 st["metric_before"] = _controller_metric(ev, ctrl_cfg)
         gp = r.losses.gradient_penalty if weights.get("kl", 0) > 0 or weights.get("adaptive", 0) > 0 else 0.0
-        bar = tqdm(
-            total=steps, initial=st["step"], desc=phase, disable=not (self.is_main and self.progress), leave=False
-        )
+        # disable=None: tqdm shows the bar on a terminal only, so a log file gets the run's lines, not bar redraws
+        hide = None if self.is_main and self.progress else True
+        bar = tqdm(total=steps, initial=st["step"], desc=phase, disable=hide, leave=False)
         t0 = time.perf_counter()
         module.train()
         while st["step"] < steps:
@@ -1351,7 +1351,7 @@ def add_cli(sub) -> None:
     p.add_argument("--student", default=None, help="registered student architecture (e.g. hybrid_tiny)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown when not on a terminal)")
     p.set_defaults(func=_cmd_distill)
     e = sub.add_parser("eval", help="measure a saved student on a dataset's test split")
     e.add_argument("dir", help="student folder")
