@@ -173,8 +173,10 @@ def test_non_finite_loss_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypatch):
-    """A compression step that wrecks the student is undone, retried with milder settings, and logged."""
+@pytest.mark.parametrize("stage_tolerance", [None, 1.0])
+def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypatch, stage_tolerance):
+    """A compression step that wrecks the student is undone, retried with milder settings, and logged; unless the
+    stage's own accuracy_tolerance (over the run-wide one) allows the drop."""
     import copy
 
     import zoo.distill
@@ -192,11 +194,16 @@ def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypat
     ov = [o for o in TINY if not o.startswith("stages.prune")] + [
         "train.baseline=false", "stages.prune.steps=0", "train.accuracy_tolerance=0.0", "data.label_fraction=1.0"
     ]  # fmt: skip
+    if stage_tolerance is not None:
+        ov.append(f"stages.prune.accuracy_tolerance={stage_tolerance}")
     metrics = distill("quickstart", tmp_path / "g", data=tiny_data, teachers=tiny_teachers, overrides=ov,
                       progress=False)  # fmt: skip
     prune = next(s for s in metrics["run"]["stages"] if s["name"] == "prune")
     if prune["val_accuracy_before"] <= 0.1:
         pytest.skip("the tiny student is at chance; a zeroed head cannot lose accuracy")
+    if stage_tolerance is not None:
+        assert prune["status"] == "done" and tried == [0.65] and "pruned" in metrics["models"]
+        return
     assert prune["status"] == "rolled back" and tried == [0.65, 0.8, 0.9]
     assert len(prune["rollbacks"]) == 3
     assert "accuracy guard" in (tmp_path / "g" / "run.log").read_text()

@@ -70,3 +70,12 @@ def test_temperature_schedules():
 def test_steps_from_epochs():
     r = load_recipe("s1")
     assert r.stages.pretrain.num_steps(train_size=640, batch_size=64) == 20
+
+
+def test_compression_stages_take_their_own_accuracy_tolerance():
+    r = load_recipe("quickstart", ["stages.prune.accuracy_tolerance=0.01"])
+    assert r.stages.prune.accuracy_tolerance == 0.01
+    assert r.stages.quant_finetune.accuracy_tolerance is None  # the run-wide train.accuracy_tolerance applies
+    assert r.stages.hardware_adapt.accuracy_tolerance == 0.03  # the quickstart allows the latency trade 3 points
+    with pytest.raises(ValueError, match="accuracy_tolerance=5"):
+        load_recipe("quickstart", ["stages.hardware_adapt.accuracy_tolerance=5"])

@@ -823,7 +823,7 @@ class Run:
             return student, summary
         start = self.evaluate(student)
         before = start["accuracy"]
-        tol = self.recipe.train.accuracy_tolerance
+        tol = stage.accuracy_tolerance if stage.accuracy_tolerance is not None else self.recipe.train.accuracy_tolerance
         attempts = _attempts(name, stage)
         for i, settings in enumerate(attempts):
             phase = f"{name}-a{i}"

@@ -125,7 +125,24 @@ class Stage:
 
 
 @dataclass
-class PruneStage(Stage):
+class CompressionStage(Stage):
+    """A stage that compresses the student and is kept only if the accuracy guard allows it.
+
+    ``accuracy_tolerance``: the largest validation accuracy drop (a fraction) the guard accepts for this stage;
+    default ``train.accuracy_tolerance``. A latency budget is a trade, so a recipe may allow ``hardware_adapt`` more
+    than the steps that should cost nothing.
+    """
+
+    accuracy_tolerance: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.accuracy_tolerance is not None and not 0 <= self.accuracy_tolerance <= 1:
+            raise ValueError(f"accuracy_tolerance={self.accuracy_tolerance}: a fraction of accuracy, in [0, 1].")
+
+
+@dataclass
+class PruneStage(CompressionStage):
     """Structured pruning to ``keep`` of the widths, then KD recovery training.
 
     ``retry_keeps`` are milder ratios tried in order when the accuracy guard rolls a pruning back.
@@ -137,14 +154,14 @@ class PruneStage(Stage):
 
 
 @dataclass
-class QuantStage(Stage):
+class QuantStage(CompressionStage):
     """Int8 quantization-aware fine-tuning (``weights.quant``: KD from the float student), then int8 conversion."""
 
     calibration_batches: int = 8
 
 
 @dataclass
-class HardwareStage(Stage):
+class HardwareStage(CompressionStage):
     """Fit the student to a latency budget (batch 1, one thread) on ``runtime``, with KD recovery.
 
     ``latency_budget_ms`` is an absolute budget for a known target device. ``latency_budget_ratio`` (used when no
