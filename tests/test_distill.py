@@ -343,3 +343,20 @@ def test_prune_recovers_by_kd_from_the_unpruned_student(tiny_data, tiny_teachers
     assert all("kd" not in r and "ce" not in r for r in terms)  # the unpruned student was the only target
     pruned = metrics["models"]["pruned"]  # on the test split, against the student the step started from
     assert pruned["compared_with"] == "distilled" and 0.0 <= pruned["answers_unchanged"] <= 1.0
+
+
+@pytest.mark.slow
+def test_hardware_adapt_records_its_budget_runtime_and_latency(tiny_data, tiny_teachers, tmp_path):
+    """A kept hardware_adapt student carries, in metrics.json, the budget it was fitted to and its latency there."""
+    ov = [o for o in TINY if not o.startswith("stages.hardware_adapt")] + [
+        "train.baseline=false", "stages.hardware_adapt.steps=2", "stages.hardware_adapt.runtime=onnxruntime",
+        "stages.hardware_adapt.latency_budget_ratio=1.5", "stages.hardware_adapt.accuracy_tolerance=1.0",
+    ]  # fmt: skip
+    metrics = distill("quickstart", tmp_path / "h", data=tiny_data, teachers=tiny_teachers, overrides=ov,
+                      progress=False)  # fmt: skip
+    stage = next(s for s in metrics["run"]["stages"] if s["name"] == "hardware_adapt")
+    assert stage["status"] == "done", stage
+    fit = metrics["models"]["hardware"]["latency_budget"]
+    assert fit["runtime"] == "onnxruntime" and fit["latency_ms"] <= fit["budget_ms"] and 0 < fit["keep"] <= 1
+    assert metrics["models"]["hardware"]["compared_with"] == "distilled"  # no prune ran: it started from distilled
+    assert (tmp_path / "h" / "hardware" / "model.safetensors").exists()

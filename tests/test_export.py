@@ -146,3 +146,8 @@ def test_fit_latency_budget_bisects_on_measured_latency(monkeypatch):
     assert report["runtime"] == "torch" and report["budget_ms"] == full * 0.85 and len(report["trials"]) == 7
     with pytest.raises(ValueError, match="out of reach"):
         hw.fit_latency_budget(s, 1e-6, "torch", example_batch(s, 1))
+    # a ratio of the student's own latency, from the fit's own first measurement
+    out, report = hw.fit_latency_budget(s, None, "torch", example_batch(s, 1), steps=5, budget_ratio=0.85)
+    assert report["budget_ms"] == pytest.approx(0.85 * report["full_latency_ms"]) and 0.1 < report["keep"] < 1.0
+    with pytest.raises(ValueError, match="one latency budget"):
+        hw.fit_latency_budget(s, 1.0, "torch", example_batch(s, 1), budget_ratio=0.5)

@@ -901,6 +901,12 @@ class Run:
             if self.is_main and name in models and source in predictions:
                 same = float((predictions[name] == predictions[source]).float().mean())
                 models[name].update(compared_with=source, answers_unchanged=round(same, 6))
+        fit = (self.state["completed"].get("hardware_adapt") or {}).get("latency_fit")
+        if fit and "hardware" in models:  # the budget it was fitted to, on its runtime (the entry's latency is torch's)
+            models["hardware"]["latency_budget"] = {
+                "runtime": fit.get("runtime"), "budget_ms": fit.get("budget_ms"),
+                "latency_ms": fit.get("latency_ms"), "keep": fit.get("keep"),
+            }  # fmt: skip
         if "int8" in students and self.is_main:  # the deployment path of the int8 student: onnxruntime
             try:
                 models["onnx_int8"] = self._onnx_entry(students["int8"], split, example)
@@ -1182,25 +1188,25 @@ def _quant(run: Run, stage, student, settings: dict, phase: str):
 
 
 def _hardware(run: Run, stage, student, settings: dict, phase: str):
-    from zoo.hardware import fit_latency_budget, runtime_latency_ms
+    from zoo.hardware import fit_latency_budget
 
     budget, ratio = settings.get("latency_budget_ms"), settings.get("latency_budget_ratio")
     if budget is None and ratio is None:
         return None, "neither hardware_adapt.latency_budget_ms nor latency_budget_ratio is set", None
     example = _example_batches(run, 1)[0]
     example = {k: v[:1] for k, v in example.items() if k != "labels"}
-    if budget is None:  # relative to the incoming student on this machine
-        budget = ratio * runtime_latency_ms(student, example, settings["runtime"])[0]
-        settings["latency_budget_ms"] = round(budget, 3)
     start = run._phase_dir(phase) / "start"
     if run.resume and (start / "model.safetensors").exists():
         from zoo.students import HybridStudent
 
         return HybridStudent.from_pretrained(start).train(), {}, _reference(stage, student)
     try:
-        candidate, report = fit_latency_budget(student, budget, settings["runtime"], example)
+        # a ratio is of the incoming student's latency on this machine, measured by the fit itself
+        ratio = ratio if budget is None else None
+        candidate, report = fit_latency_budget(student, budget, settings["runtime"], example, budget_ratio=ratio)
     except ValueError as e:  # out of reach on this machine: keep the student as it is and say why
         return None, str(e), None
+    settings["latency_budget_ms"] = round(report["budget_ms"], 3)
     if run.is_main:
         candidate.save_pretrained(start)
     run.accelerator.wait_for_everyone()

@@ -94,7 +94,7 @@ def runtime_latency_ms(
 
 def fit_latency_budget(
     student: nn.Module,
-    budget_ms: float,
+    budget_ms: float | None,
     runtime: str,
     example_batch: dict[str, torch.Tensor],
     criterion: str = "l1",
@@ -104,12 +104,15 @@ def fit_latency_budget(
     min_keep: float = 0.1,
     steps: int = 6,
     repeats: int = 20,
+    budget_ratio: float | None = None,
 ) -> tuple[nn.Module, dict]:
     """The widest pruned student (largest keep ratio) whose batch-1 latency on ``runtime`` is within ``budget_ms``.
 
     Bisects the keep ratio over [min_keep, 1] for ``steps`` rounds, pruning the float ``student`` afresh at each
     ratio (importance computed once) and measuring it on ``runtime``. A student already within budget is returned
     as is (keep 1.0). A budget not met even at ``min_keep`` is an error giving the latency reached there.
+    ``budget_ratio`` (with ``budget_ms=None``) sets the budget to that fraction of the student's own latency, taken
+    from the same measurement as the trials (a separate measurement's noise could put the budget above it).
     Returns (student, report) with the budget, measured latency, runtime, keep and every trial.
     """
     from zoo.prune import CRITERIA, SCOPES, TARGETS, _prune, pruned_widths, taylor_scores
@@ -121,8 +124,10 @@ def fit_latency_budget(
             "fit_latency_budget prunes, so it takes the float student: run it before quantizing (quant_finetune), "
             "then quantize the result."
         )
-    if not budget_ms > 0:
-        raise ValueError(f"latency budget {budget_ms!r} ms must be positive.")
+    if (budget_ms is None) == (budget_ratio is None):
+        raise ValueError("give one latency budget: budget_ms, or budget_ratio of the student's own latency.")
+    if not (budget_ms if budget_ms is not None else budget_ratio) > 0:
+        raise ValueError(f"latency budget {budget_ms!r} ms / ratio {budget_ratio!r} must be positive.")
     if not 0.0 < min_keep < 1.0:
         raise ValueError(f"min_keep {min_keep!r} must be in (0, 1).")
     if criterion not in CRITERIA or scope not in SCOPES:
@@ -139,8 +144,10 @@ def fit_latency_budget(
         trials.append({"keep": round(keep, 4), "latency_ms": round(ms, 4), "max_abs_diff": diff})
         return ms
 
-    report = {"budget_ms": float(budget_ms), "runtime": runtime, "criterion": criterion, "batch_size": 1}
     full_ms = measure(student, 1.0)
+    if budget_ms is None:
+        budget_ms = budget_ratio * full_ms
+    report = {"budget_ms": float(budget_ms), "runtime": runtime, "criterion": criterion, "batch_size": 1}
     report["full_latency_ms"] = round(full_ms, 4)
     if full_ms <= budget_ms:
         return student, {**report, "latency_ms": round(full_ms, 4), "keep": 1.0, "met": True, "trials": trials}
