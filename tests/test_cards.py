@@ -124,8 +124,11 @@ def test_card_lists_the_runs_other_students_with_code_that_loads_them(run_dir, c
     shutil.copytree(run_dir, run_dir.parent / "pruned")
     shutil.move(run_dir.parent / "pruned", run_dir / "pruned")
     shutil.copytree(run_dir / "pruned", run_dir / "checkpoints" / "prune")  # training state: not a variant
+    shutil.copytree(run_dir / "pruned", run_dir / "hardware")
+    update_metrics(run_dir, {"hardware": dict(MODELS["pruned"], accuracy=0.82)})
     text = str(build_card(run_dir))
     assert "- `pruned/`: pruned + KD recovery (84.00% test accuracy)" in text and "`checkpoints/`" not in text
+    assert "- `hardware/`: fitted to a latency budget (82.00% test accuracy)" in text
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
     exec(compile(code, "card-snippets", "exec"), {"__name__": "card_snippet"})
     assert capsys.readouterr().out.split()[0] in {"cat", "dog", "bird"}

@@ -44,9 +44,10 @@ MODEL_LABELS = {
     "int8": "int8",
     "onnx_fp32": "ONNX fp32",
     "onnx_int8": "ONNX int8",
+    "hardware": "fitted to a latency budget",
 }
 # Models whose test accuracy goes into the card's model-index (in this order, those present).
-EVAL_MODELS = ("teacher", "raw_student", "base_student", "distilled", "finetuned", "pruned", "int8")
+EVAL_MODELS = ("teacher", "raw_student", "base_student", "distilled", "finetuned", "pruned", "int8", "hardware")
 # zoo.bench.MODEL_ORDER plus fine-tuning's entries; not imported from there so `zoo --help` needs no torch
 TABLE_ORDER = [
     "teacher",
@@ -63,8 +64,7 @@ PIPELINE_TAGS = {"image": "image-classification", "audio": "audio-classification
 EXAMPLE_TEXT = "an example sentence"
 # Subfolders of a run that stay local: resume checkpoints, teacher outputs, teachers trained for the run.
 LOCAL_ONLY_DIRS = ("checkpoints", "teacher_cache", "teachers")
-SUBFOLDER_MODELS = {"hardware": "hardware_adapt"}
-VARIANT_PREFERENCE = {"int8": 0, "hardware": 1, "pruned": 2}  # subfolder -> metrics.json entry, where the names differ
+VARIANT_PREFERENCE = {"int8": 0, "hardware": 1, "pruned": 2}  # the student a card's usage example loads, in order
 PLOT_TITLES = {"training_curves.png": "Training curves", PLOT_NAME: "Accuracy against latency"}
 
 
@@ -475,7 +475,7 @@ def build_card(
     final_entry = models.get(final) or {}
     variants = []
     for d in student_subfolders(folder):
-        key = SUBFOLDER_MODELS.get(d.name, d.name)
+        key = d.name  # zoo distill names each subfolder after its metrics.json entry
         accuracy = fmt_pct((models.get(key) or {}).get("accuracy"))
         variants.append({"folder": d.name, "name": MODEL_LABELS.get(key, key), "accuracy": accuracy})
     # the usage example loads the most useful other student: the deployable int8 one when there is one
