@@ -44,3 +44,21 @@ def raw_samples():
         },
         {"id": "d", "text": "nine", "label": 4},
     ]
+
+
+@pytest.fixture
+def forbid_unpickling(monkeypatch):
+    """A function that, once called, makes any pickle load or ``torch.load`` fail the test: checkpoints, resumes and
+    their setup must read safetensors and JSON only."""
+
+    def arm(what: str = "the code under test") -> None:
+        import pickle
+
+        def boom(*args, **kwargs):
+            raise AssertionError(f"{what} unpickled something")
+
+        for name in ("load", "loads", "Unpickler"):
+            monkeypatch.setattr(pickle, name, boom)
+        monkeypatch.setattr(torch, "load", boom)
+
+    return arm

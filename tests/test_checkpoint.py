@@ -1,7 +1,6 @@
 """Pickle-free training checkpoints: exact resume, no pickle written or read, atomic folder writes, clear errors."""
 
 import json
-import pickle
 import random
 
 import numpy as np
@@ -51,16 +50,7 @@ def _steps(net, opt, sched, n):
     return losses
 
 
-def _forbid_unpickling(monkeypatch):
-    def boom(*args, **kwargs):
-        raise AssertionError("a checkpoint load unpickled something")
-
-    for name in ("load", "loads", "Unpickler"):
-        monkeypatch.setattr(pickle, name, boom)
-    monkeypatch.setattr(torch, "load", boom)
-
-
-def test_resume_is_exact_and_never_unpickles(tmp_path, monkeypatch):
+def test_resume_is_exact_and_never_unpickles(tmp_path, forbid_unpickling):
     torch.manual_seed(1), random.seed(1), np.random.seed(1)
     net, opt, sched = _setup()
     _steps(net, opt, sched, 3)
@@ -78,7 +68,7 @@ def test_resume_is_exact_and_never_unpickles(tmp_path, monkeypatch):
         assert "optimizer.state.0.exp_avg" in set(f.keys())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-3"]  # no temporary folder left behind
 
-    _forbid_unpickling(monkeypatch)
+    forbid_unpickling("a checkpoint load")
     torch.manual_seed(99), random.seed(99), np.random.seed(99)  # the checkpoint must restore all three
     net2, opt2, sched2 = _setup()
     state = load_checkpoint(tmp_path / "step-3", model=net2, optimizer=opt2, scheduler=sched2)

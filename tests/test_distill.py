@@ -95,19 +95,8 @@ def test_distill_module_terms_and_gradients(tiny_data, tiny_teachers):
     assert all(p.grad is not None for p in module.criterion.feature_proj.parameters())
 
 
-def _forbid_unpickling(monkeypatch):
-    import pickle
-
-    def boom(*args, **kwargs):
-        raise AssertionError("resuming unpickled something")
-
-    for name in ("load", "loads", "Unpickler"):
-        monkeypatch.setattr(pickle, name, boom)
-    monkeypatch.setattr(torch, "load", boom)
-
-
 @pytest.mark.slow
-def test_run_resume_matches_uninterrupted(tiny_data, tiny_teachers, tmp_path, monkeypatch):
+def test_run_resume_matches_uninterrupted(tiny_data, tiny_teachers, tmp_path, forbid_unpickling):
     """Killed twice (mid soft_distill, then mid mixed_distill with the controller running), resumed: same result.
     Checkpoints hold no pickle, and resuming never unpickles (torch.load and pickle raise)."""
     full = distill(
@@ -121,7 +110,7 @@ def test_run_resume_matches_uninterrupted(tiny_data, tiny_teachers, tmp_path, mo
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
     step = [p for p in files if p.parent.name.startswith("step-")]
     assert {p.parent.name for p in step} == {"step-2"} and {p.suffix for p in step} == {".safetensors", ".json"}
-    _forbid_unpickling(monkeypatch)
+    forbid_unpickling("resuming")
     with pytest.raises(StopRun):  # soft_distill 4 more, mixed_distill 3
         distill("quickstart", out, data=tiny_data, teachers=tiny_teachers, overrides=TINY, stop_after_steps=7,
                 resume=True, progress=False)  # fmt: skip
