@@ -649,7 +649,7 @@ def _cmd_quantize(args) -> int:
     int8.save_pretrained(args.out)
     entry = metrics_entry(
         int8, args.out, args.data, method="post-training (calibrated, no QAT)", calibration=note,
-        note="torch eager dequantizes int8 weights on the fly; `zoo export --onnx` gives the int8 kernels",
+        note="torch eager runs int8 GEMMs but each quantize as its own kernel; `zoo export --onnx` is the fast path",
     )  # fmt: skip
     update_metrics(args.out, {"int8": entry})
     print(f"quantized {args.dir} -> {args.out}: {entry['size_bytes'] / 2**20:.2f} MiB, "
