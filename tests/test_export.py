@@ -8,7 +8,15 @@ import pytest
 import torch
 
 import zoo
-from zoo.export import example_batch, export_onnx, input_names, onnx_max_abs_diff, onnx_session, run_onnx
+from zoo.export import (
+    example_batch,
+    export_onnx,
+    input_names,
+    onnx_max_abs_diff,
+    onnx_session,
+    ort_int8_graph,
+    run_onnx,
+)
 from zoo.quant import calibrate, convert_int8, prepare_qat
 
 MODS = ["text", "image", "audio"]
@@ -99,6 +107,36 @@ def test_int8_export_uses_int8_kernels_and_matches(tmp_path):
     diff = onnx_max_abs_diff(c, session, b)
     assert diff <= INT8_RTOL * ref.abs().max(), diff
     assert (run_onnx(session, b).argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
+
+
+def test_int8_session_folds_linear_biases_into_the_int8_kernels(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    s = _student()
+    c = _int8(s)
+    path = export_onnx(c, tmp_path / "q.onnx", example_batch(s, 2))
+    assert ort_int8_graph(export_onnx(s, tmp_path / "f.onnx")) is None  # a float graph has nothing to fold
+    fused = ort_int8_graph(path)
+    readers = collections.defaultdict(list)
+    for n in fused.graph.node:
+        for i in n.input:
+            readers[i].append(n.op_type)
+    mm = [n for n in fused.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(mm) == 4 + 2 * len(MODS)
+    # every linear and 1x1 conv of the student has a bias: it is now in the int8 kernel, or in a fused BiasGelu
+    # when a GELU follows; no Add reads a GEMM's output
+    assert all((len(n.input) == 7 and n.input[6]) or readers[n.output[0]] == ["BiasGelu"] for n in mm)
+    assert sum(len(n.input) == 7 for n in mm) >= len(mm) - len(s.attn_blocks)
+    biases = {n.input[6] for n in mm if len(n.input) == 7}
+    assert not [n for n in fused.graph.node if n.op_type == "Add" and biases & set(n.input)]  # added once, not twice
+    # the folded session computes what ONNX Runtime computes on the file as exported (same kernels, bias in the GEMM)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    plain = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    b = example_batch(s, 3, seed=5)
+    feed = {i.name: b[i.name].numpy() for i in plain.get_inputs()}
+    np.testing.assert_allclose(onnx_session(path).run(None, feed)[0], plain.run(None, feed)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_export_cli_writes_onnx_and_metrics(tmp_path):
