@@ -19,7 +19,15 @@ class ConvPatchStem(nn.Module):
     small data (Xiao et al., "Early Convolutions Help Transformers See Better", 2021).
     """
 
-    def __init__(self, in_chans: int, stem_channels: int, embed_dim: int, patch_size: int, grid: tuple[int, int]):
+    def __init__(
+        self,
+        in_chans: int,
+        stem_channels: int,
+        embed_dim: int,
+        patch_size: int,
+        grid: tuple[int, int],
+        act_layer=nn.GELU,
+    ):
         super().__init__()
         if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(f"patch_size must be a power of two >= 2; got {patch_size}.")
@@ -27,7 +35,7 @@ class ConvPatchStem(nn.Module):
         layers: list[nn.Module] = []
         c = in_chans
         for _ in range(n - 1):
-            layers.append(ConvNormAct(c, stem_channels, 3, stride=2, norm_layer=GroupNorm1, act_layer=nn.GELU))
+            layers.append(ConvNormAct(c, stem_channels, 3, stride=2, norm_layer=GroupNorm1, act_layer=act_layer))
             c = stem_channels
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(c, embed_dim, 3, stride=2, padding=1)

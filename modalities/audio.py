@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from zoo.modalities._stem import ConvPatchStem
 
@@ -146,9 +147,10 @@ class AudioPreprocessor:
 class AudioStem(ConvPatchStem):
     """``input_features`` (B, n_mels, frames) -> tokens (B, n_mels/p * frames/p, D)."""
 
-    def __init__(self, config: AudioConfig, embed_dim: int):
+    def __init__(self, config: AudioConfig, embed_dim: int, act_layer=nn.GELU):
         p = config.patch_size
-        super().__init__(1, config.stem_channels, embed_dim, p, (config.n_mels // p, config.num_frames // p))
+        grid = (config.n_mels // p, config.num_frames // p)
+        super().__init__(1, config.stem_channels, embed_dim, p, grid, act_layer)
         self.config = config
 
     def forward(self, input_features: torch.Tensor):

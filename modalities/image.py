@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from zoo.modalities._stem import ConvPatchStem
 
@@ -131,9 +132,9 @@ class ImagePreprocessor:
 class ImageStem(ConvPatchStem):
     """``pixel_values`` (B, C, S, S) -> tokens (B, (S/p)^2, D)."""
 
-    def __init__(self, config: ImageConfig, embed_dim: int):
+    def __init__(self, config: ImageConfig, embed_dim: int, act_layer=nn.GELU):
         g = config.image_size // config.patch_size
-        super().__init__(config.in_chans, config.stem_channels, embed_dim, config.patch_size, (g, g))
+        super().__init__(config.in_chans, config.stem_channels, embed_dim, config.patch_size, (g, g), act_layer)
         self.config = config
 
     def forward(self, pixel_values: torch.Tensor):

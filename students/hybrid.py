@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-from timm.layers import DropPath, LayerNorm2d, Mlp
+from timm.layers import DropPath, LayerNorm2d, Mlp, get_act_layer
 from torch import nn
 
 from zoo.modalities import MODALITIES, check_modalities, collate
@@ -52,6 +53,10 @@ class HybridConfig:
         attn_heads: number of heads of each attention block (one entry per block).
         head_dim: width of one attention head.
         mlp_hidden: hidden width of each attention block's MLP (one entry per block).
+        act: activation of the conv blocks, the MLPs and the conv stems, by timm name ("gelu", "relu", ...). The
+            registered students use "relu": an int8 runtime folds a ReLU into the quantization of the next layer's
+            input (it costs nothing), where GELU is a float pass over the widest activations of the model. A
+            config.json without the key is a GELU student (the default), as every student was before the key.
         text, image, audio: stem settings of each modality the student takes (None otherwise).
         drop_path_rate: stochastic depth, linearly increasing over blocks.
         head_dropout: dropout before the heads.
@@ -69,6 +74,7 @@ class HybridConfig:
     attn_heads: list[int] = field(default_factory=lambda: [4, 4, 4, 4])
     head_dim: int = 32
     mlp_hidden: list[int] = field(default_factory=lambda: [512, 512, 512, 512])
+    act: str = "gelu"
     text: TextConfig | None = None
     image: ImageConfig | None = None
     audio: AudioConfig | None = None
@@ -104,6 +110,12 @@ class HybridConfig:
         for name, values in widths:
             if any(int(v) < 1 for v in values):
                 raise ValueError(f"{name} {values!r}: every width must be >= 1.")
+        try:
+            get_act_layer(self.act)
+        except KeyError:
+            raise ValueError(
+                f"act {self.act!r} is not an activation timm knows; use e.g. 'relu', 'gelu', 'gelu_tanh' or 'silu'."
+            ) from None
         if self.id2label is not None:
             self.id2label = {str(k): str(v) for k, v in self.id2label.items()}
             n = next(iter(self.tasks.values()))
@@ -138,15 +150,15 @@ def _dataclass_from_dict(cls, data: dict, source: str):
 
 
 class ConvBlock(nn.Module):
-    """Inverted residual over a token grid: norm -> 1x1 expand -> GELU -> depthwise kxk -> GELU -> 1x1 project."""
+    """Inverted residual over a token grid: norm -> 1x1 expand -> act -> depthwise kxk -> act -> 1x1 project."""
 
-    def __init__(self, dim: int, hidden: int, kernel_size: int = 3, drop_path: float = 0.0):
+    def __init__(self, dim: int, hidden: int, kernel_size: int = 3, drop_path: float = 0.0, act_layer=nn.GELU):
         super().__init__()
         self.norm = LayerNorm2d(dim)
         self.pw1 = nn.Conv2d(dim, hidden, 1)
         self.dw = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden)
         self.pw2 = nn.Conv2d(hidden, dim, 1)
-        self.act = nn.GELU()
+        self.act = act_layer()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D, H, W)
@@ -177,12 +189,14 @@ class Attention(nn.Module):
 class AttentionBlock(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, drop_path: float = 0.0):
+    def __init__(
+        self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, drop_path: float = 0.0, act_layer=nn.GELU
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, head_dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden_features=mlp_hidden)
+        self.mlp = Mlp(dim, hidden_features=mlp_hidden, act_layer=act_layer)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,17 +228,19 @@ class HybridStudent(
         self.config = config
         self.tokenizer = None
         D = config.embed_dim
-        stems = {"text": TextStem, "image": ImageStem, "audio": AudioStem}
+        act = nn.GELU if config.act == "gelu" else get_act_layer(config.act)  # torch's own, as before the key
+        stems = {"text": TextStem, "image": partial(ImageStem, act_layer=act)}
+        stems["audio"] = partial(AudioStem, act_layer=act)
         self.stems = nn.ModuleDict({m: stems[m](getattr(config, m), D) for m in config.modalities})
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, D)) for m in config.modalities})
         dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         n_conv = len(config.conv_hidden)
         self.conv_blocks = nn.ModuleList(
-            [ConvBlock(D, h, config.conv_kernel, dpr[i]) for i, h in enumerate(config.conv_hidden)]
+            [ConvBlock(D, h, config.conv_kernel, dpr[i], act) for i, h in enumerate(config.conv_hidden)]
         )
         self.attn_blocks = nn.ModuleList(
             [
-                AttentionBlock(D, nh, config.head_dim, mh, dpr[n_conv + i])
+                AttentionBlock(D, nh, config.head_dim, mh, dpr[n_conv + i], act)
                 for i, (nh, mh) in enumerate(zip(config.attn_heads, config.mlp_hidden))
             ]
         )

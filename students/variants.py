@@ -55,6 +55,7 @@ def _blocks(n: int, value: int) -> list[int]:
 def hybrid_test(modalities=("image",), num_classes: int = 10, **kwargs) -> HybridStudent:
     """A minute variant for unit tests."""
     base = dict(
+        act="relu",
         embed_dim=32,
         conv_hidden=_blocks(1, 64),
         attn_heads=_blocks(1, 2),
@@ -77,6 +78,7 @@ def hybrid_test(modalities=("image",), num_classes: int = 10, **kwargs) -> Hybri
 @register_model
 def hybrid_tiny(modalities=("text", "image", "audio"), num_classes: int = 10, **kwargs) -> HybridStudent:
     base = dict(
+        act="relu",
         embed_dim=128,
         conv_hidden=_blocks(2, 384),
         attn_heads=_blocks(4, 4),
@@ -99,6 +101,7 @@ def hybrid_tiny(modalities=("text", "image", "audio"), num_classes: int = 10, **
 @register_model
 def hybrid_small(modalities=("text", "image", "audio"), num_classes: int = 10, **kwargs) -> HybridStudent:
     base = dict(
+        act="relu",
         embed_dim=256,
         conv_hidden=_blocks(2, 768),
         attn_heads=_blocks(6, 8),
@@ -121,6 +124,7 @@ def hybrid_small(modalities=("text", "image", "audio"), num_classes: int = 10, *
 @register_model
 def hybrid_base(modalities=("text", "image", "audio"), num_classes: int = 10, **kwargs) -> HybridStudent:
     base = dict(
+        act="relu",
         embed_dim=384,
         conv_hidden=_blocks(3, 1536),
         attn_heads=_blocks(8, 12),

@@ -119,6 +119,27 @@ def test_non_uniform_widths_from_config_alone(tmp_path, raw_samples):
         assert again(task="speaker", **batch).shape[1] == 2
 
 
+def test_activation_is_in_the_config_and_old_configs_stay_gelu(tmp_path):
+    relu = zoo.create_student("hybrid_test", modalities=ALL, num_classes=3)
+    assert relu.config.act == "relu"
+    acts = {type(m).__name__ for m in relu.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.GELU))}
+    assert acts == {"ReLU"}  # conv blocks, MLPs and conv stems alike
+    relu.save_pretrained(tmp_path / "relu")
+    assert json.loads((tmp_path / "relu" / "config.json").read_text())["act"] == "relu"
+    assert zoo.load(str(tmp_path / "relu")).config.act == "relu"
+    # a config.json written before the key existed is a GELU student, as it was trained
+    cfg = json.loads((tmp_path / "relu" / "config.json").read_text())
+    del cfg["act"]
+    gelu = HybridStudent(cfg)
+    assert gelu.config.act == "gelu"
+    assert not any(isinstance(m, torch.nn.ReLU) for m in gelu.modules())
+    assert sum(isinstance(m, torch.nn.GELU) for m in gelu.modules()) == sum(
+        isinstance(m, torch.nn.ReLU) for m in relu.modules()
+    )
+    with pytest.raises(ValueError, match="act 'rleu'.*'relu'"):
+        zoo.create_student("hybrid_test", act="rleu")
+
+
 @pytest.mark.parametrize("modalities", [["image"], ALL])
 def test_save_load_identical_outputs(tmp_path, modalities, tiny_tokenizer, raw_samples):
     model = _student("hybrid_test", modalities, tiny_tokenizer).eval()
