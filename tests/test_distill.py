@@ -349,3 +349,25 @@ def test_hardware_adapt_records_its_budget_runtime_and_latency(tiny_data, tiny_t
     assert fit["runtime"] == "onnxruntime" and fit["latency_ms"] <= fit["budget_ms"] and 0 < fit["keep"] <= 1
     assert metrics["models"]["hardware"]["compared_with"] == "distilled"  # no prune ran: it started from distilled
     assert (tmp_path / "h" / "hardware" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_compression_stage_resumed_mid_recovery_keeps_its_fit_report(tiny_data, tiny_teachers, tmp_path):
+    """Stopped during hardware_adapt's recovery and resumed: the attempt restarts from the student it had fitted,
+    and metrics.json still records the budget that student was fitted to (saved beside it in start/fit.json)."""
+    ov = [o for o in TINY if not o.startswith("stages.hardware_adapt")] + [
+        "train.baseline=false", "stages.hardware_adapt.steps=3", "stages.hardware_adapt.runtime=onnxruntime",
+        "stages.hardware_adapt.latency_budget_ratio=1.5", "stages.hardware_adapt.accuracy_tolerance=1.0",
+    ]  # fmt: skip
+    out = tmp_path / "h"
+    with pytest.raises(StopRun):  # pretrain 3 + soft_distill 6 + mixed_distill 6, then 1 of hardware_adapt's 3
+        distill("quickstart", out, data=tiny_data, teachers=tiny_teachers, overrides=ov, stop_after_steps=16,
+                progress=False)  # fmt: skip
+    start = out / "checkpoints" / "hardware_adapt-a0" / "start"
+    saved = json.loads((start / "fit.json").read_text())["latency_fit"]
+    assert saved["runtime"] == "onnxruntime" and saved["latency_ms"] <= saved["budget_ms"]
+    metrics = distill("quickstart", out, data=tiny_data, teachers=tiny_teachers, overrides=ov, resume=True,
+                      progress=False)  # fmt: skip
+    stage = next(s for s in metrics["run"]["stages"] if s["name"] == "hardware_adapt")
+    assert stage["status"] == "done" and stage["settings"]["latency_budget_ms"] == round(saved["budget_ms"], 3)
+    assert metrics["models"]["hardware"]["latency_budget"] == saved

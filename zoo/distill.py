@@ -1157,19 +1157,39 @@ def _example_batches(run: Run, n: int) -> list[dict]:
 def _prune(run: Run, stage, student, settings: dict, phase: str):
     from zoo.prune import prune_student
 
-    start = run._phase_dir(phase) / "start"
-    if run.resume and (start / "model.safetensors").exists():
-        from zoo.students import HybridStudent
-
-        return HybridStudent.from_pretrained(start).train(), {}, _reference(stage, student)
+    resumed = _resume_start(run, phase)
+    if resumed is not None:
+        return resumed[0], resumed[1], _reference(stage, student)
     candidate = prune_student(
         student, keep=settings["keep"], criterion=stage.criterion, importance_batches=_example_batches(run, 4)
     )
+    result = {"params_before": student.num_params(), "params_after": candidate.num_params()}
+    _save_start(run, phase, candidate, result)
+    return candidate.train(), result, _reference(stage, student)
+
+
+def _save_start(run: Run, phase: str, candidate, result: dict) -> None:
+    """Keep a compression attempt's starting student and what made it (``start/``), so a resumed run restarts the
+    attempt from the same student and still reports how it was fitted."""
+    start = run._phase_dir(phase) / "start"
     if run.is_main:
+        from zoo.io import atomic_write_json
+
+        start.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(start / "fit.json", result)  # before the weights: their presence marks a complete start/
         candidate.save_pretrained(start)
     run.accelerator.wait_for_everyone()
-    result = {"params_before": student.num_params(), "params_after": candidate.num_params()}
-    return candidate.train(), result, _reference(stage, student)
+
+
+def _resume_start(run: Run, phase: str):
+    """(student, fit report) saved by :func:`_save_start` when resuming and the attempt had begun, else None."""
+    start = run._phase_dir(phase) / "start"
+    if not (run.resume and (start / "model.safetensors").exists()):
+        return None
+    from zoo.students import HybridStudent
+
+    report = json.loads((start / "fit.json").read_text()) if (start / "fit.json").exists() else {}
+    return HybridStudent.from_pretrained(start).train(), report
 
 
 def _reference(stage, student):
@@ -1195,11 +1215,12 @@ def _hardware(run: Run, stage, student, settings: dict, phase: str):
         return None, "neither hardware_adapt.latency_budget_ms nor latency_budget_ratio is set", None
     example = _example_batches(run, 1)[0]
     example = {k: v[:1] for k, v in example.items() if k != "labels"}
-    start = run._phase_dir(phase) / "start"
-    if run.resume and (start / "model.safetensors").exists():
-        from zoo.students import HybridStudent
-
-        return HybridStudent.from_pretrained(start).train(), {}, _reference(stage, student)
+    resumed = _resume_start(run, phase)
+    if resumed is not None:
+        fit = resumed[1].get("latency_fit") or {}
+        if "budget_ms" in fit:  # the budget the saved student was fitted to, as the first run logged it
+            settings["latency_budget_ms"] = round(fit["budget_ms"], 3)
+        return resumed[0], resumed[1], _reference(stage, student)
     try:
         # a ratio is of the incoming student's latency on this machine, measured by the fit itself
         ratio = ratio if budget is None else None
@@ -1207,11 +1228,9 @@ def _hardware(run: Run, stage, student, settings: dict, phase: str):
     except ValueError as e:  # out of reach on this machine: keep the student as it is and say why
         return None, str(e), None
     settings["latency_budget_ms"] = round(report["budget_ms"], 3)
-    if run.is_main:
-        candidate.save_pretrained(start)
-    run.accelerator.wait_for_everyone()
-    keep = {k: report[k] for k in ("keep", "latency_ms", "budget_ms", "runtime") if k in report}
-    return candidate.train(), {"latency_fit": keep}, _reference(stage, student)
+    result = {"latency_fit": {k: report[k] for k in ("keep", "latency_ms", "budget_ms", "runtime") if k in report}}
+    _save_start(run, phase, candidate, result)
+    return candidate.train(), result, _reference(stage, student)
 
 
 def _finalize(name: str, candidate):
