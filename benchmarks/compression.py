@@ -24,15 +24,22 @@ b = ONNX Runtime fp32 / ONNX Runtime int8 (same runtime; the torch-eager-fp32 / 
     separate eager kernels, so not faster than fp32 at these sizes and not the deployment path),
 c = torch eager fp32 / torch eager pruned (same runtime; ONNX Runtime's ratio is printed above it).
 
-Measured on the 2-vCPU / 1-core VM (AVX-512 VNNI), onnxruntime 1.32; b moves by about +-0.05 from run to run:
-  hybrid_tiny   a=3.68 b=1.40-1.61 c=1.33-1.50
-  hybrid_small  a=3.83 b=1.88-1.95 c=1.52-1.54   (torch fp32 / onnxruntime int8: 2.50-2.55)
-  hybrid_base   a=3.84 b=1.90      c=1.56        (torch fp32 / onnxruntime int8: 1.87; --rounds 40)
-b stays short of 2 because, in ONNX Runtime's profile of hybrid_small, 35-40% of the fp32 time is in ops int8 does
-not touch (GELU, softmax, LayerNorm, the attention score matmuls and their mask, bias and residual adds, transposes)
-while the int8 layers (MatMulIntegerToFloat, QLinearConv) run 3.9-5x faster than their fp32 kernels. Tried without
-gain: ORT's fused MultiHeadAttention and QAttention contrib ops (same speed as the plain graph on this CPU), the
-tanh GELU, folding the linear biases into MatMulIntegerToFloat, ORT's own quantize_static (19.8 ms vs our 12.8 ms).
+Measured on the 2-vCPU / 1-core VM (AVX-512 VNNI), onnxruntime 1.32, with the students' ReLU and the session's
+bias fold (below); b moves by about +-0.05 from run to run, and all latencies by up to 2x with the host's load:
+  hybrid_tiny   a=3.68 b=1.49      c=1.32        (torch fp32 / onnxruntime int8: 3.10)
+  hybrid_small  a=3.83 b=2.19-2.22 c=1.49-1.51   (torch fp32 / onnxruntime int8: 2.85-3.08)
+  hybrid_base   a=3.84 b=2.17      c=1.55        (torch fp32 / onnxruntime int8: 2.29; --rounds 40)
+hybrid_tiny's b is lower: at its sizes per-node overhead and the float-only ops weigh more than the int8 GEMMs.
+What moved b on hybrid_small, from 1.88-1.95 (interleaved A/B runs on the same exported graphs):
+- ReLU instead of GELU in the students (``act="relu"``): ONNX Runtime drops a ReLU before a uint8 quantization of
+  zero point 0, so the int8 graph has no activation at all, while the fp32 graph still pays for one (about +0.15).
+- ``onnx_session`` folds each linear layer's bias ``Add`` into its ``MatMulIntegerToFloat`` (10.90 vs 11.61 ms;
+  about +0.15). With GELU the fold gained 1% (13.00 vs 13.14 ms): ONNX Runtime had already fused the MLP's first
+  bias into ``BiasGelu``.
+What is left in the int8 graph is float work int8 does not touch: softmax, LayerNorm, the attention score matmuls and
+their mask, residual adds, transposes, and the activations' QuantizeLinear. Tried without gain: ORT's fused
+MultiHeadAttention and QAttention contrib ops (same speed as the plain graph on this CPU), int8 attention matmuls
+(slower), ORT's own quantize_static (19.8 ms vs our 12.8 ms with GELU).
 """
 
 from __future__ import annotations
