@@ -86,14 +86,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="zoo-compression-") as tmp:  # the saved folders and ONNX files go
+        measure(args, Path(tmp))
 
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
     student = zoo.create_student(args.arch, modalities=args.modalities.split(","), num_classes=10).eval()
     one = example_batch(student, 1, seed=123)
     pruned = prune_student(student, keep=args.keep, criterion="l1", scope="global", round_to=8).eval()
     calib = [example_batch(student, 8, seed=i) for i in range(8)]
     int8 = convert_int8(calibrate(prepare_qat(student), calib))
 
-    tmp = Path(tempfile.mkdtemp(prefix="zoo-compression-"))
     models = {"fp32": student, "pruned": pruned, "int8": int8}
     rows = {}
     for name, model in models.items():
