@@ -195,6 +195,9 @@ def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypat
         return
     assert prune["status"] == "rolled back" and tried == [0.65, 0.8, 0.9]
     assert len(prune["rollbacks"]) == 3
+    n = len(tiny_data["validation"])
+    for event in prune["rollbacks"]:  # the rows behind the drop: a zeroed head only loses answers
+        assert event["answers_lost"] - event["answers_gained"] == round(event["drop"] * n) and event["answers_lost"] > 0
     assert "accuracy guard" in (tmp_path / "g" / "run.log").read_text()
     assert "pruned" not in metrics["models"]
 
@@ -332,6 +335,9 @@ def test_prune_recovers_by_kd_from_the_unpruned_student(tiny_data, tiny_teachers
     assert all("kd" not in r and "ce" not in r for r in terms)  # the unpruned student was the only target
     pruned = metrics["models"]["pruned"]  # on the test split, against the student the step started from
     assert pruned["compared_with"] == "distilled" and 0.0 <= pruned["answers_unchanged"] <= 1.0
+    change = round((pruned["accuracy"] - metrics["models"]["distilled"]["accuracy"]) * len(tiny_data["test"]))
+    assert pruned["answers_gained"] - pruned["answers_lost"] == change
+    assert prune["val_answers_lost"] >= 0 and prune["val_answers_gained"] >= 0
 
 
 @pytest.mark.slow

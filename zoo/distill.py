@@ -460,6 +460,7 @@ class Run:
             "accuracy": float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan"),
             "loss": float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan"),
             "predictions": logits.argmax(-1),
+            "labels": labels,
         }
 
     def _loss_scales(self, labels: torch.Tensor, teachers: dict) -> dict[str, float]:
@@ -840,22 +841,28 @@ class Run:
             after, drop = evaluated["accuracy"], before - evaluated["accuracy"]
             # the share of validation rows answered as before: accuracy can hold while answers churn both ways
             agreement = float((evaluated["predictions"] == start["predictions"]).float().mean())
+            lost, gained = answers_lost_gained(start["predictions"], evaluated["predictions"], start["labels"])
             summary.update(
-                settings=settings, val_accuracy_before=before, val_accuracy=after, val_agreement=agreement, **result
-            )
+                settings=settings, val_accuracy_before=before, val_accuracy=after, val_agreement=agreement,
+                val_answers_lost=lost, val_answers_gained=gained, **result,
+            )  # fmt: skip
+            # lost / gained: rows right before and wrong after, and the reverse; their balance is the accuracy
+            # change, their sum tells churn (sampling noise on a small split) from a one-sided loss
+            churn = f"{lost} right answers lost, {gained} gained of {len(start['labels'])}"
             if drop <= tol:
                 summary["status"] = "done"
                 self.log(
-                    f"{name}: {settings}: validation accuracy {100 * before:.2f}% -> {100 * after:.2f}%, "
+                    f"{name}: {settings}: validation accuracy {100 * before:.2f}% -> {100 * after:.2f}% ({churn}), "
                     f"{100 * agreement:.1f}% of answers unchanged (kept)"
                 )
                 return candidate, summary
-            event = {"settings": settings, "accuracy_before": before, "accuracy_after": after, "drop": drop}
+            event = {"settings": settings, "accuracy_before": before, "accuracy_after": after, "drop": drop,
+                     "answers_lost": lost, "answers_gained": gained}  # fmt: skip
             summary["rollbacks"].append(event)
             milder = f"; retrying with {attempts[i + 1]}" if i + 1 < len(attempts) else "; no milder setting left"
             self.log(
-                f"{name}: accuracy guard: validation accuracy fell {100 * drop:.2f} points (> {100 * tol:.2f}) with "
-                f"{settings}: rolled back to the previous student{milder}"
+                f"{name}: accuracy guard: validation accuracy fell {100 * drop:.2f} points (> {100 * tol:.2f}; "
+                f"{churn}) with {settings}: rolled back to the previous student{milder}"
             )
             self.record(event="rollback", phase=name, global_step=self.global_step, reason="accuracy guard", **event)
         summary["status"] = "rolled back"
@@ -887,11 +894,11 @@ class Run:
         acc.wait_for_everyone()
         from zoo.students import HybridStudent
 
-        predictions = {}
+        predictions, labels = {}, None
         for name, folder in students.items():
             model = HybridStudent.from_pretrained(folder)
             ev = self.evaluate(model, split)
-            predictions[name] = ev["predictions"]
+            predictions[name], labels = ev["predictions"], ev["labels"]
             if self.is_main:
                 models[name] = self._student_entry(model, folder, ev["accuracy"], example)
         # each compression step against the student it started from: a small test split moves by whole samples, and
@@ -900,7 +907,10 @@ class Run:
         for name, source in (("pruned", "distilled"), ("int8", float_source), ("hardware", float_source)):
             if self.is_main and name in models and source in predictions:
                 same = float((predictions[name] == predictions[source]).float().mean())
-                models[name].update(compared_with=source, answers_unchanged=round(same, 6))
+                lost, gained = answers_lost_gained(predictions[source], predictions[name], labels)
+                models[name].update(
+                    compared_with=source, answers_unchanged=round(same, 6), answers_lost=lost, answers_gained=gained
+                )
         fit = (self.state["completed"].get("hardware_adapt") or {}).get("latency_fit")
         if fit and "hardware" in models:  # the budget it was fitted to, on its runtime (the entry's latency is torch's)
             models["hardware"]["latency_budget"] = {
@@ -1190,6 +1200,12 @@ def _resume_start(run: Run, phase: str):
 
     report = json.loads((start / "fit.json").read_text()) if (start / "fit.json").exists() else {}
     return HybridStudent.from_pretrained(start).train(), report
+
+
+def answers_lost_gained(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """Rows answered right ``before`` and wrong ``after`` (lost), and the reverse (gained)."""
+    right_before, right_after = before == labels, after == labels
+    return int((right_before & ~right_after).sum()), int((~right_before & right_after).sum())
 
 
 def _reference(stage, student):
