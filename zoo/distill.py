@@ -848,7 +848,7 @@ class Run:
             )  # fmt: skip
             # lost / gained: rows right before and wrong after, and the reverse; their balance is the accuracy
             # change, their sum tells churn (sampling noise on a small split) from a one-sided loss
-            churn = f"{lost} right answers lost, {gained} gained of {len(start['labels'])}"
+            churn = f"right answers: {lost} lost, {gained} gained of {len(start['labels'])}"
             if drop <= tol:
                 summary["status"] = "done"
                 self.log(
