@@ -229,8 +229,11 @@ class HybridStudent(
         self.tokenizer = None
         D = config.embed_dim
         act = nn.GELU if config.act == "gelu" else get_act_layer(config.act)  # torch's own, as before the key
-        stems = {"text": TextStem, "image": partial(ImageStem, act_layer=act)}
-        stems["audio"] = partial(AudioStem, act_layer=act)
+        stems = {
+            "text": TextStem,
+            "image": partial(ImageStem, act_layer=act),
+            "audio": partial(AudioStem, act_layer=act),
+        }
         self.stems = nn.ModuleDict({m: stems[m](getattr(config, m), D) for m in config.modalities})
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, D)) for m in config.modalities})
         dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
