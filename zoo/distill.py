@@ -123,10 +123,12 @@ class DistillModule(nn.Module):
             terms.update(parts)
             terms["distill"] = crit.distillation_term({"kd": kd, **parts})
             loss = loss + w["adaptive"] * multiplier * terms["distill"]
-        for key in ("quant", "reference"):  # KD from the stage's starting student (float, or unpruned)
-            if w[key] > 0 and reference_logits is not None:
-                terms[key] = kd_loss(logits, reference_logits, temperature)
-                loss = loss + w[key] * terms[key]
+        keys = [k for k in ("quant", "reference") if w[k] > 0]  # KD from the stage's starting student (float, unpruned)
+        if keys and reference_logits is not None:
+            reference_kd = kd_loss(logits, reference_logits, temperature)  # one term, logged under each name it has
+            for key in keys:
+                terms[key] = reference_kd
+                loss = loss + w[key] * reference_kd
         if gradient_penalty > 0 and kd is not None and torch.is_grad_enabled():
             terms["grad_penalty"] = logit_gradient_penalty(kd, logits)
             loss = loss + gradient_penalty * terms["grad_penalty"]
@@ -840,8 +842,7 @@ class Run:
             evaluated = self.evaluate(candidate)
             after, drop = evaluated["accuracy"], before - evaluated["accuracy"]
             # the share of validation rows answered as before: accuracy can hold while answers churn both ways
-            agreement = float((evaluated["predictions"] == start["predictions"]).float().mean())
-            lost, gained = answers_lost_gained(start["predictions"], evaluated["predictions"], start["labels"])
+            agreement, lost, gained = compare_answers(start["predictions"], evaluated["predictions"], start["labels"])
             summary.update(
                 settings=settings, val_accuracy_before=before, val_accuracy=after, val_agreement=agreement,
                 val_answers_lost=lost, val_answers_gained=gained, **result,
@@ -906,8 +907,7 @@ class Run:
         float_source = "pruned" if "pruned" in students else "distilled"
         for name, source in (("pruned", "distilled"), ("int8", float_source), ("hardware", float_source)):
             if self.is_main and name in models and source in predictions:
-                same = float((predictions[name] == predictions[source]).float().mean())
-                lost, gained = answers_lost_gained(predictions[source], predictions[name], labels)
+                same, lost, gained = compare_answers(predictions[source], predictions[name], labels)
                 models[name].update(
                     compared_with=source, answers_unchanged=round(same, 6), answers_lost=lost, answers_gained=gained
                 )
@@ -1202,10 +1202,12 @@ def _resume_start(run: Run, phase: str):
     return HybridStudent.from_pretrained(start).train(), report
 
 
-def answers_lost_gained(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """Rows answered right ``before`` and wrong ``after`` (lost), and the reverse (gained)."""
+def compare_answers(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
+    """Two students' predictions on the same rows: the share answered alike, the rows answered right ``before`` and
+    wrong ``after`` (lost), and the reverse (gained)."""
     right_before, right_after = before == labels, after == labels
-    return int((right_before & ~right_after).sum()), int((~right_before & right_after).sum())
+    lost, gained = int((right_before & ~right_after).sum()), int((~right_before & right_after).sum())
+    return float((before == after).float().mean()), lost, gained
 
 
 def _reference(stage, student):
@@ -1229,14 +1231,14 @@ def _hardware(run: Run, stage, student, settings: dict, phase: str):
     budget, ratio = settings.get("latency_budget_ms"), settings.get("latency_budget_ratio")
     if budget is None and ratio is None:
         return None, "neither hardware_adapt.latency_budget_ms nor latency_budget_ratio is set", None
-    example = _example_batches(run, 1)[0]
-    example = {k: v[:1] for k, v in example.items() if k != "labels"}
     resumed = _resume_start(run, phase)
     if resumed is not None:
         fit = resumed[1].get("latency_fit") or {}
         if "budget_ms" in fit:  # the budget the saved student was fitted to, as the first run logged it
             settings["latency_budget_ms"] = round(fit["budget_ms"], 3)
         return resumed[0], resumed[1], _reference(stage, student)
+    example = _example_batches(run, 1)[0]
+    example = {k: v[:1] for k, v in example.items() if k != "labels"}
     try:
         # a ratio is of the incoming student's latency on this machine, measured by the fit itself
         ratio = ratio if budget is None else None
