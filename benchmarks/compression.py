@@ -8,7 +8,7 @@ overhead and float-only ops rather than the quantizable layers dominate, and ``h
 2 s, 24.8M parameters). Pass ``--arch`` for the others.
 - pruned: ``prune_student(keep=0.6, criterion="l1", scope="global", round_to=8)``, fp32;
 - int8: ``prepare_qat`` -> ``calibrate`` (8 synthetic batches) -> ``convert_int8``; file = model.safetensors;
-- ONNX: the fp32 and the int8 student exported with ``zoo.export.export_onnx`` (opset 20; the int8 one as a QDQ
+- ONNX: the fp32 and the int8 student exported with ``zoo.compress.export.export_onnx`` (opset 20; the int8 one as a QDQ
   graph that ONNX Runtime runs with MatMulIntegerToFloat / QLinearConv kernels), both run by ``onnx_session``
   (all graph optimisations, one intra-op thread, sequential execution).
 For each: parameters, MACs (torch.utils.flop_counter: convs, matmuls, attention), file size, and latency at batch 1
@@ -57,10 +57,10 @@ import torch  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo.bench import count_params, folder_size_bytes  # noqa: E402
-from zoo.export import example_batch, export_onnx, onnx_feed, onnx_max_abs_diff, onnx_session  # noqa: E402
-from zoo.hardware import count_macs  # noqa: E402
-from zoo.prune import prune_student, pruned_widths  # noqa: E402
-from zoo.quant import calibrate, convert_int8, prepare_qat  # noqa: E402
+from zoo.compress.export import example_batch, export_onnx, onnx_feed, onnx_max_abs_diff, onnx_session  # noqa: E402
+from zoo.compress.hardware import count_macs  # noqa: E402
+from zoo.compress.prune import prune_student, pruned_widths  # noqa: E402
+from zoo.compress.quant import calibrate, convert_int8, prepare_qat  # noqa: E402
 
 
 def interleaved_medians(fns: dict, rounds: int, warmup: int = 3) -> dict[str, float]:

@@ -61,8 +61,8 @@ class HybridConfig:
         drop_path_rate: stochastic depth, linearly increasing over blocks.
         head_dropout: dropout before the heads.
         id2label: class names of the first task.
-        quantization: the int8 scheme when the student is quantized (written by zoo.quant), else None.
-        pruning: a record of how the widths were pruned (written by zoo.prune), else None.
+        quantization: the int8 scheme when the student is quantized (written by zoo.compress.quant), else None.
+        pruning: a record of how the widths were pruned (written by zoo.compress.prune), else None.
         architecture: the registered name the student was built from.
     """
 
@@ -254,7 +254,7 @@ class HybridStudent(
             nn.init.trunc_normal_(p, std=0.02)
         self.apply(self._init_weights)
         if config.quantization:
-            from zoo.quant import apply_quantization_scheme
+            from zoo.compress.quant import apply_quantization_scheme
 
             apply_quantization_scheme(self, config.quantization)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.export import (
+from zoo.compress.export import (
     example_batch,
     export_onnx,
     input_names,
@@ -17,7 +17,7 @@ from zoo.export import (
     ort_int8_graph,
     run_onnx,
 )
-from zoo.quant import calibrate, convert_int8, prepare_qat
+from zoo.compress.quant import calibrate, convert_int8, prepare_qat
 
 MODS = ["text", "image", "audio"]
 # Stated tolerances (max |logit difference|, torch eager vs ONNX Runtime, relative to the largest logit):
@@ -149,7 +149,7 @@ def test_export_cli_writes_onnx_and_metrics(tmp_path):
 
 
 def test_runtime_check_on_onnxruntime():
-    from zoo.hardware import count_macs, runtime_latency_ms
+    from zoo.compress.hardware import count_macs, runtime_latency_ms
 
     s = _student()
     b = example_batch(s, 1)
@@ -161,7 +161,7 @@ def test_runtime_check_on_onnxruntime():
 
 
 def test_fit_latency_budget_bisects_on_measured_latency(monkeypatch):
-    import zoo.hardware as hw
+    import zoo.compress.hardware as hw
 
     s = _student()
     calls = []

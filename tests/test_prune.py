@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.export import example_batch
-from zoo.prune import prune_foreign_model, prune_student, pruned_widths, round_width
+from zoo.compress.export import example_batch
+from zoo.compress.prune import prune_foreign_model, prune_student, pruned_widths, round_width
 from zoo.students import HybridStudent
 
 MODS = ["text", "image", "audio"]
@@ -144,7 +144,7 @@ def test_bad_arguments_and_quantized_student():
         prune_student(s, keep=0.5, criterion="l2")
     with pytest.raises(ValueError, match="targets"):
         prune_student(s, keep=0.5, targets=("embed",))
-    from zoo.quant import calibrate, convert_int8, prepare_qat
+    from zoo.compress.quant import calibrate, convert_int8, prepare_qat
 
     q = calibrate(prepare_qat(s), [example_batch(s, 2)])
     with pytest.raises(ValueError, match="prune the float student"):

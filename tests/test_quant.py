@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo
-from zoo.export import example_batch
-from zoo.quant import (
+from zoo.compress.export import example_batch
+from zoo.compress.quant import (
     Int8Conv2d,
     Int8Linear,
     QATConv2d,
@@ -181,7 +181,7 @@ def test_cli_quantize_synthetic_calibration(tmp_path, capsys):
 
 def test_version_1_checkpoints_still_load(tmp_path, monkeypatch):
     """Version 1 quantized every conv output, 1x1 convs included, and called them all "conv"."""
-    import zoo.quant as zq
+    import zoo.compress.quant as zq
 
     s = _student()
     kind_of = zq._kind_of

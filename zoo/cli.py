@@ -18,9 +18,9 @@ COMMAND_MODULES = [
     "zoo.finetune",
     "zoo.cards",
     "zoo.hub",
-    "zoo.prune",
-    "zoo.quant",
-    "zoo.export",
+    "zoo.compress.prune",
+    "zoo.compress.quant",
+    "zoo.compress.export",
 ]
 
 

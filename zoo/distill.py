@@ -965,7 +965,7 @@ class Run:
         """Export the int8 student to ``folder/model.onnx`` (QDQ) and measure that graph in onnxruntime: accuracy
         on ``split`` and batch-1 latency at one thread, on the same sample as the torch rows."""
         from zoo.bench import count_params, model_entry, one_thread
-        from zoo.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+        from zoo.compress.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
         from zoo.students import HybridStudent
 
         model = HybridStudent.from_pretrained(folder)
@@ -1137,9 +1137,9 @@ def _compression_backend(name: str):
     import importlib
 
     module, fn = {
-        "prune": ("zoo.prune", "prune_student"),
-        "quant_finetune": ("zoo.quant", "prepare_qat"),
-        "hardware_adapt": ("zoo.hardware", "fit_latency_budget"),
+        "prune": ("zoo.compress.prune", "prune_student"),
+        "quant_finetune": ("zoo.compress.quant", "prepare_qat"),
+        "hardware_adapt": ("zoo.compress.hardware", "fit_latency_budget"),
     }[name]
     try:
         mod = importlib.import_module(module)
@@ -1165,7 +1165,7 @@ def _example_batches(run: Run, n: int) -> list[dict]:
 
 
 def _prune(run: Run, stage, student, settings: dict, phase: str):
-    from zoo.prune import prune_student
+    from zoo.compress.prune import prune_student
 
     resumed = _resume_start(run, phase)
     if resumed is not None:
@@ -1218,7 +1218,7 @@ def _reference(stage, student):
 
 
 def _quant(run: Run, stage, student, settings: dict, phase: str):
-    from zoo.quant import calibrate, prepare_qat
+    from zoo.compress.quant import calibrate, prepare_qat
 
     qat = prepare_qat(copy.deepcopy(student))
     calibrate(qat, _example_batches(run, stage.calibration_batches))
@@ -1226,7 +1226,7 @@ def _quant(run: Run, stage, student, settings: dict, phase: str):
 
 
 def _hardware(run: Run, stage, student, settings: dict, phase: str):
-    from zoo.hardware import fit_latency_budget
+    from zoo.compress.hardware import fit_latency_budget
 
     budget, ratio = settings.get("latency_budget_ms"), settings.get("latency_budget_ratio")
     if budget is None and ratio is None:
@@ -1253,7 +1253,7 @@ def _hardware(run: Run, stage, student, settings: dict, phase: str):
 
 def _finalize(name: str, candidate):
     if name == "quant_finetune":
-        from zoo.quant import convert_int8
+        from zoo.compress.quant import convert_int8
 
         return convert_int8(candidate)
     return candidate

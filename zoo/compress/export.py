@@ -397,7 +397,7 @@ def onnx_max_abs_diff(student: nn.Module, session, batch: dict[str, torch.Tensor
 # --------------------------------------------------------------------------------------------------- CLI
 def _cmd_export(args: argparse.Namespace) -> int:
     from zoo.bench import count_params, folder_size_bytes, model_entry, read_metrics, update_metrics
-    from zoo.quant import is_quantized
+    from zoo.compress.quant import is_quantized
     from zoo.students import HybridStudent
 
     if not args.onnx:

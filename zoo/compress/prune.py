@@ -227,7 +227,7 @@ def prune_student(
     Returns a student of the same class whose config lists the new widths and records the pruning in
     ``config.pruning``; recover its accuracy with KD (the recipe's prune stage).
     """
-    from zoo.quant import is_qat, is_quantized
+    from zoo.compress.quant import is_qat, is_quantized
 
     if not (isinstance(keep, (int, float)) and 0.0 < float(keep) <= 1.0):
         raise ValueError(f"keep ratio {keep!r} is out of range: pass the share of units to keep, in (0, 1].")
@@ -353,7 +353,7 @@ def prune_foreign_model(
 # --------------------------------------------------------------------------------------------------- CLI
 def _cmd_prune(args: argparse.Namespace) -> int:
     from zoo.bench import update_metrics
-    from zoo.hardware import copy_metrics, data_batches, metrics_entry
+    from zoo.compress.hardware import copy_metrics, data_batches, metrics_entry
     from zoo.students import HybridStudent
 
     torch.set_num_threads(1)

@@ -180,7 +180,7 @@ class ActQuant(nn.Module):
         if not self.initialized:
             if not self.training:
                 raise RuntimeError(
-                    "an activation quantizer has no range yet: run zoo.quant.calibrate(student, batches) on a few "
+                    "an activation quantizer has no range yet: run zoo.compress.quant.calibrate(student, batches) on a few "
                     "batches (or train a step) before evaluating the fake-quantized student."
                 )
             self._observe(x, ema=False)
@@ -637,7 +637,7 @@ def quantize_student(student: nn.Module, batches: Iterable, observer: str = "ema
 # --------------------------------------------------------------------------------------------------- CLI
 def _cmd_quantize(args) -> int:
     from zoo.bench import update_metrics
-    from zoo.hardware import copy_metrics, data_batches, metrics_entry
+    from zoo.compress.hardware import copy_metrics, data_batches, metrics_entry
     from zoo.students import HybridStudent
 
     torch.set_num_threads(1)

@@ -3,7 +3,7 @@
 Runtimes (batch 1, one thread, median over repeats):
 - ``torch``: eager PyTorch;
 - ``torch_compile``: ``torch.compile(fullgraph=True)`` (inductor); the first calls compile, so warm-up is longer;
-- ``onnxruntime``: the student exported with ``zoo.export.export_onnx`` and run by ONNX Runtime's CPU provider.
+- ``onnxruntime``: the student exported with ``zoo.compress.export.export_onnx`` and run by ONNX Runtime's CPU provider.
 
 ``fit_latency_budget`` bisects the pruning keep ratio on measured latency (latency falls as keep falls, up to noise
 and width rounding) and checks that the chosen student runs on the runtime with outputs matching eager PyTorch. The
@@ -54,7 +54,7 @@ def runtime_latency_ms(
     ``RUNTIME_ATOL``, 20x that for int8 graphs whose rounding may differ) are an error naming the runtime.
     """
     from zoo.bench import latency_ms, one_thread
-    from zoo.quant import is_quantized
+    from zoo.compress.quant import is_quantized
 
     _check_runtime(runtime)
     one = _first(batch)
@@ -73,7 +73,7 @@ def runtime_latency_ms(
                 raise RuntimeError(f"the student does not compile with torch.compile(fullgraph=True): {e}") from e
         ms = latency_ms(compiled, one, repeats=repeats, warmup=3)
     else:
-        from zoo.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+        from zoo.compress.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
 
         tmp = Path(tempfile.mkdtemp(prefix="zoo-onnx-"))
         try:
@@ -115,8 +115,8 @@ def fit_latency_budget(
     from the same measurement as the trials (a separate measurement's noise could put the budget above it).
     Returns (student, report) with the budget, measured latency, runtime, keep and every trial.
     """
-    from zoo.prune import CRITERIA, SCOPES, TARGETS, _prune, pruned_widths, taylor_scores
-    from zoo.quant import is_qat, is_quantized
+    from zoo.compress.prune import CRITERIA, SCOPES, TARGETS, _prune, pruned_widths, taylor_scores
+    from zoo.compress.quant import is_qat, is_quantized
 
     _check_runtime(runtime)
     if is_quantized(student) or is_qat(student):
@@ -183,10 +183,10 @@ def data_batches(
 
     With ``source``, batches of ``split`` loaded by ``zoo.data.load(source)`` and run through the student's own
     preprocessing; without, synthetic batches (random pixels, white noise, random tokens) from
-    ``zoo.export.example_batch``, which calibrate worse than real data.
+    ``zoo.compress.export.example_batch``, which calibrate worse than real data.
     """
     if source is None:
-        from zoo.export import example_batch
+        from zoo.compress.export import example_batch
 
         batches = [example_batch(student, batch_size=batch_size, seed=i) for i in range(num_batches)]
         return batches, (
@@ -229,7 +229,7 @@ def metrics_entry(student: nn.Module, folder: str | Path, source: str | None, kn
     """A metrics.json entry for a saved student: accuracy (from ``source``'s test split, else ``known``), params,
     size of model.safetensors and eager-torch latency at batch 1, one thread."""
     from zoo.bench import count_params, folder_size_bytes, latency_ms, model_entry
-    from zoo.export import example_batch
+    from zoo.compress.export import example_batch
 
     acc = evaluate_accuracy(student, source) if source else (known or {}).get("accuracy")
     entry = model_entry(
