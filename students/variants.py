@@ -8,9 +8,9 @@
 | hybrid_base | 384   | 3 x 1536    | 8 x (12 heads, mlp 1536)      | ~20M   |
 
 All use ReLU (``act="relu"``): free in int8, where ONNX Runtime drops it into the next layer's input quantization.
-On ``hybrid_small``, with the bias fold of ``zoo.compress.export.onnx_session``, that took ONNX Runtime's int8 speed-up over
-fp32 from 1.88-1.95x to 2.19-2.22x (``benchmarks/compression.py``); MobileBERT (Sun et al., 2020) made the same trade
-for the same reason. Pass ``act="gelu"`` for the other choice.
+On ``hybrid_small``, with the bias fold of ``zoo.compress.export.onnx_session``, that took ONNX Runtime's int8 speed-up
+over fp32 from 1.88-1.95x to 2.19-2.22x (``benchmarks/compression.py``); MobileBERT (Sun et al., 2020) made the same
+trade for the same reason. Pass ``act="gelu"`` for the other choice.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ optional ``peak_memory_bytes`` and ``bytes_per_param``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -559,21 +558,6 @@ def write_card(out_dir: str | os.PathLike, *, repo_id: str | None = None, **kwar
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _cmd_card(args: argparse.Namespace) -> int:
-    folder = Path(args.dir)
-    if not (folder / "metrics.json").exists():
-        raise FileNotFoundError(f"{folder / 'metrics.json'} is missing; `zoo card` renders a run folder's metrics.")
-    path = write_card(folder, repo_id=args.repo_id, license=args.license)
-    print(path)
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("card", help="regenerate a student folder's model card (README.md) from its metrics.json")
-    p.add_argument("dir", help="student folder with config.json, model.safetensors and metrics.json")
-    p.add_argument("--repo-id", default=None, help="hub id or catalogue name the usage code should load")
-    p.add_argument("--license", default=None, help=f"license id (default: the run's, else {DEFAULT_LICENSE})")
-    p.set_defaults(func=_cmd_card)
 
 
 def _setting_notes(run: dict) -> list[str]:

@@ -6,12 +6,11 @@ a catalogue name and load its hub id (through ``hub_id_for``, called by ``zoo.io
 
 Add a student from a finished run (the card is regenerated to load the hub id and copied with its plots)::
 
-    python -m zoo.catalogue add RUN_DIR --name distill-zoo/hybrid-tiny-quickstart
+    zoo catalogue add RUN_DIR --name distill-zoo/hybrid-tiny-quickstart
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -128,7 +127,7 @@ def format_catalogue(students: list[dict] | None = None) -> str:
     """The published students as a table: name, modalities, task, params, accuracy, latency, hub id."""
     students = load_catalogue() if students is None else students
     if not students:
-        return "published students: none yet (add one with `python -m zoo.catalogue add RUN_DIR --name NAME`)."
+        return "published students: none yet (add one with `zoo catalogue add RUN_DIR --name NAME`)."
     header = ("name", "modalities", "task", "params", "accuracy (teacher -> student)", "latency ms", "hub id")
     rows = [header]
     for s in students:
@@ -157,29 +156,3 @@ def format_catalogue(students: list[dict] | None = None) -> str:
 def print_catalogue(file=None) -> None:
     """Print the published students (``zoo list`` calls this after the architectures)."""
     print("\n" + format_catalogue(), file=file or sys.stdout)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.catalogue", description="maintain the zoo's catalogue")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add = sub.add_parser("add", help="add (or replace) a published student from a run folder")
-    add.add_argument("run_dir", help="output folder of `zoo distill` (config.json, model.safetensors, metrics.json)")
-    add.add_argument(
-        "--name", required=True, help="org/short-name or short-name, e.g. distill-zoo/hybrid-tiny-quickstart"
-    )
-    add.add_argument("--hub-id", default=None, help="hub repo the student is published at (default: the name)")
-    sub.add_parser("list", help="print the published students")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "add":
-            entry = add_from_run(args.run_dir, args.name, args.hub_id)
-            print(f"added {entry['name']} ({entry['hub_id']}); card: {entry['card']}")
-        print_catalogue()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"zoo.catalogue: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,4 @@
-"""The ``zoo`` command line. Each subcommand lives with its feature; this file only wires them together.
-
-A feature module registers itself with ``add_cli(subparsers)``: it adds its parser and sets
-``func=handler`` on it. Modules are imported lazily so ``zoo --help`` stays fast.
-"""
+"""The ``zoo`` command line: wires the verbs of ``zoo.commands`` together (one module per verb)."""
 
 from __future__ import annotations
 
@@ -10,25 +6,14 @@ import argparse
 import importlib
 import sys
 
-# Modules that define add_cli(subparsers). Order is the order of `zoo --help`.
-COMMAND_MODULES = [
-    "zoo.registry",
-    "zoo.distill",
-    "zoo.data",
-    "zoo.finetune",
-    "zoo.cards",
-    "zoo.hub",
-    "zoo.compress.prune",
-    "zoo.compress.quant",
-    "zoo.compress.export",
-]
+from zoo.commands import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="distill-zoo: multimodal knowledge distillation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_cli(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"zoo.commands.{name}").add_cli(sub)
     return parser
 
 

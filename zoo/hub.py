@@ -10,10 +10,8 @@ from the hub is ``zoo.load(hub_id)`` (see ``zoo.io.resolve_model_folder``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from zoo.cards import CARD_MARKER, CARD_NAME, student_subfolders, write_card
@@ -111,22 +109,3 @@ def push_folder(
     except OSError as e:  # connection errors surface as OSError subclasses
         raise ConnectionError(f"cannot push to {repo_id!r}: {e}.") from e
     return getattr(commit, "commit_url", None) or str(commit)
-
-
-def _cmd_push(args: argparse.Namespace) -> int:
-    try:
-        url = push_folder(args.dir, args.repo_id, private=args.private, message=args.message)
-    except ConnectionError as e:
-        print(f"zoo push: error: {e}", file=sys.stderr)
-        return 1
-    print(url)
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("push", help="check a student folder and upload it to the Hugging Face hub")
-    p.add_argument("dir", help="student folder (config.json, model.safetensors, README.md, metrics.json)")
-    p.add_argument("repo_id", help="hub repo to create or update, e.g. my-org/my-student")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--message", default=None, help="commit message")
-    p.set_defaults(func=_cmd_push)

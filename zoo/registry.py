@@ -6,7 +6,6 @@ A model family registers size variants with ``@register_model``; each variant is
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 _MODELS: dict[str, Callable] = {}
@@ -48,26 +47,3 @@ def create_student(name: str, modalities=("text", "image", "audio"), num_classes
         num_classes=num_classes,
         **kwargs,
     )
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    import torch
-
-    from zoo.modalities import MODALITIES
-
-    print(f"{'architecture':<16} {'params (text+image+audio, 10 classes)':>40}")
-    with torch.device("meta"):
-        for name in list_models():
-            n = create_student(name, modalities=MODALITIES, num_classes=10).num_params()
-            print(f"{name:<16} {n / 1e6:>39.2f}M")
-    try:
-        from zoo.catalogue import print_catalogue
-    except ImportError:
-        return 0
-    print_catalogue()
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("list", help="list the registered student architectures and the zoo's published students")
-    p.set_defaults(func=_cmd_list)

@@ -23,7 +23,6 @@ a uint8 quantization of zero point 0 is dropped by ONNX Runtime itself: the quan
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -395,57 +394,3 @@ def onnx_max_abs_diff(student: nn.Module, session, batch: dict[str, torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _cmd_export(args: argparse.Namespace) -> int:
-    from zoo.bench import count_params, folder_size_bytes, model_entry, read_metrics, update_metrics
-    from zoo.compress.quant import is_quantized
-    from zoo.students import HybridStudent
-
-    if not args.onnx:
-        raise ValueError("nothing to export: pass --onnx (the only export format besides the safetensors folder).")
-    torch.set_num_threads(1)
-    folder = Path(args.dir)
-    student = HybridStudent.from_pretrained(folder)
-    out = Path(args.out) if args.out else folder / ONNX_NAME
-    batch = example_batch(student, batch_size=2, seed=0)
-    export_onnx(student, out, batch, opset=args.opset)
-    session = onnx_session(out)
-    diff = onnx_max_abs_diff(student, session, batch)
-    latency = onnx_latency_ms(session, {k: v[:1] for k, v in batch.items()})
-    quantized = is_quantized(student)
-    name = "onnx_int8" if quantized else "onnx_fp32"
-    if args.data:  # the exported graph itself, on the test split, through the student's own preprocessing
-        from zoo.bench import accuracy as top1
-        from zoo.data import load
-
-        data = load(args.data)
-        split = "test" if "test" in data.splits else list(data.splits)[-1]
-        accuracy = top1(lambda samples: run_onnx(session, student.preprocess(samples)), data[split])
-    else:  # same weights as the torch student: its known accuracy, or null
-        models = read_metrics(folder)["models"]
-        known = models.get("int8") if quantized else models.get("pruned") or models.get("distilled")
-        accuracy = (known or {}).get("accuracy")
-    entry = model_entry(
-        accuracy=accuracy or 0.0,
-        params=count_params(student),
-        size_bytes=folder_size_bytes(out.parent, [out.name]),
-        latency_ms=latency,
-        runtime="onnxruntime",
-        opset=args.opset,
-        file=out.name,
-        max_abs_logit_diff_vs_torch=round(diff, 6),
-    )
-    entry["accuracy"] = accuracy if accuracy is None else entry["accuracy"]  # null when unknown, never a made-up 0
-    update_metrics(folder, {name: entry})
-    print(f"wrote {out} ({entry['size_bytes'] / 2**20:.2f} MiB): {name} latency {latency:.2f} ms (batch 1, 1 thread), "
-          f"max |logit diff| vs torch {diff:.2e}")  # fmt: skip
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("export", help="export a student folder to ONNX (float, or int8 QDQ when it is quantized)")
-    p.add_argument("dir", help="student folder (config.json + model.safetensors)")
-    p.add_argument("--onnx", action="store_true", help="write model.onnx")
-    p.add_argument("--out", help="ONNX file to write (default: DIR/model.onnx)")
-    p.add_argument("--data", help="data source (zoo.data.load): measure the ONNX model's accuracy on its test split")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
-    p.set_defaults(func=_cmd_export)

@@ -1,0 +1,61 @@
+"""``zoo distill [RECIPE] [--data SOURCE] [--teacher MODALITY=PATH ...] [--student NAME] [--out DIR] [--resume]
+[key=value ...]``: run a recipe (``zoo.train.run``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from zoo.commands._shared import parse_teachers
+from zoo.distill import StopRun, distill
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    if os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(1)  # these machines share one core between two vCPUs: more threads only stall
+    recipe, overrides = "quickstart", []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif recipe == "quickstart" and not overrides:
+            recipe = item
+        else:
+            raise ValueError(f"unexpected argument {item!r}: give the recipe first, then key=value overrides.")
+    t0 = time.perf_counter()
+    try:
+        distill(
+            recipe,
+            args.out,
+            data_source=args.data,
+            teachers=parse_teachers(args.teacher),
+            student=args.student,
+            overrides=overrides,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    except StopRun as e:
+        print(f"zoo distill: {e}", file=sys.stderr)
+        return 3
+    print(f"zoo distill: done in {time.perf_counter() - t0:.0f}s", flush=True)
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="distill teachers into a student with a staged recipe (no arguments: the offline quickstart demo)",
+        description="zoo distill [RECIPE] [--data SOURCE] [--teacher MODALITY=PATH_OR_ID ...] [--student NAME] "
+        "[--out DIR] [--resume] [key=value ...]",
+    )
+    p.add_argument("items", nargs="*", metavar="RECIPE|key=value", help="recipe name or YAML file, then overrides")
+    p.add_argument("--data", default=None, help="dataset: CSV / JSONL / folder / hub id (default: the recipe's)")
+    p.add_argument("--teacher", action="append", metavar="MODALITY=PATH_OR_ID", help="a teacher per modality")
+    p.add_argument("--student", default=None, help="registered student architecture (e.g. hybrid_tiny)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown when not on a terminal)")
+    p.set_defaults(func=_cmd_distill)
