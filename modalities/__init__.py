@@ -1,4 +1,5 @@
-"""Modality encoders: each turns raw inputs into tensors (preprocessing) and tensors into tokens (stem).
+"""Modality encoders: each turns raw inputs into tensors (preprocessing) and tensors into tokens (stem); each
+registers one description (``zoo.modalities.base.Modality``) in ``MODALITIES``.
 
 A raw sample is a dict ``{"id", "text"?, "image"?, "audio"?, "label"?}``; any modality may be absent or None.
 ``collate`` turns a list of them into the flat batch every student takes::
@@ -19,15 +20,18 @@ from collections.abc import Sequence
 import torch
 
 from zoo.modalities.audio import AudioConfig, AudioPreprocessor, AudioStem
+from zoo.modalities.base import MODALITIES, Modality, input_keys, register_modality
 from zoo.modalities.image import ImageConfig, ImagePreprocessor, ImageStem
 from zoo.modalities.text import TextConfig, TextPreprocessor, TextStem, load_tokenizer, train_wordpiece_tokenizer
 
-MODALITIES = ("text", "image", "audio")
-MASK_KEYS = {m: f"{m}_mask" for m in MODALITIES}
+MASK_KEYS = {m: d.mask_key for m, d in MODALITIES.items()}
 IGNORE_INDEX = -100
 
 __all__ = [
     "MODALITIES",
+    "Modality",
+    "input_keys",
+    "register_modality",
     "MASK_KEYS",
     "IGNORE_INDEX",
     "AudioConfig",

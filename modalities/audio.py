@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from zoo.modalities._stem import ConvPatchStem
+from zoo.modalities.base import Modality, register_modality
 
 MAX_CHANNELS = 8
 
@@ -161,3 +162,27 @@ class AudioStem(ConvPatchStem):
                 f"{expected[1]}) log-mel frames. Run the audio through the student's preprocess() first."
             )
         return super().forward(input_features.unsqueeze(1))
+
+
+def example_audio(config: AudioConfig, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """White noise through the preprocessing (log-mel features)."""
+    clip = {"array": None, "sampling_rate": config.sample_rate}
+    clips = [
+        {**clip, "array": (0.1 * rng.standard_normal(config.clip_samples)).astype(np.float32)}
+        for _ in range(batch_size)
+    ]
+    return AudioPreprocessor(config)(clips)
+
+
+AUDIO = register_modality(
+    Modality(
+        name="audio",
+        order=2,
+        config=AudioConfig,
+        preprocessor=AudioPreprocessor,
+        stem=AudioStem,
+        input_keys=("input_features", "audio_mask"),
+        pipeline_tag="audio-classification",
+        example=example_audio,
+    )
+)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.modalities._stem import ConvPatchStem
+from zoo.modalities.base import Modality, register_modality
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,3 +146,23 @@ class ImageStem(ConvPatchStem):
                 "Run the images through the student's preprocess() first."
             )
         return super().forward(pixel_values)
+
+
+def example_image(config: ImageConfig, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Random pixels through the preprocessing."""
+    s = config.image_size
+    return ImagePreprocessor(config)([rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for _ in range(batch_size)])
+
+
+IMAGE = register_modality(
+    Modality(
+        name="image",
+        order=1,
+        config=ImageConfig,
+        preprocessor=ImagePreprocessor,
+        stem=ImageStem,
+        input_keys=("pixel_values", "image_mask"),
+        pipeline_tag="image-classification",
+        example=example_image,
+    )
+)

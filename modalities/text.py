@@ -11,8 +11,11 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from zoo.modalities.base import Modality, register_modality
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -164,3 +167,30 @@ class TextStem(nn.Module):
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         x = x * valid.unsqueeze(-1).to(x.dtype)
         return x, (1, length), valid
+
+
+def example_text(config: TextConfig, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Random token ids filling the whole length (no tokenizer needed), all samples carrying text."""
+    low = min(5, config.vocab_size - 1)  # skip the special tokens of our WordPiece tokenizers
+    ids = torch.from_numpy(rng.integers(low, config.vocab_size, (batch_size, config.max_length)))
+    return {
+        "input_ids": ids.long(),
+        "attention_mask": torch.ones(batch_size, config.max_length, dtype=torch.long),
+        "text_mask": torch.ones(batch_size, dtype=torch.bool),
+    }
+
+
+TEXT = register_modality(
+    Modality(
+        name="text",
+        order=0,
+        config=TextConfig,
+        preprocessor=TextPreprocessor,
+        stem=TextStem,
+        input_keys=("input_ids", "attention_mask", "text_mask"),
+        pipeline_tag="text-classification",
+        example=example_text,
+        needs_tokenizer=True,
+        stem_takes_act=False,
+    )
+)

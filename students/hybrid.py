@@ -18,26 +18,22 @@ follows once every modality's tokens can see each other. Every width that prunin
 
 from __future__ import annotations
 
-import json
+import copy
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field, fields
-from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from timm.layers import DropPath, LayerNorm2d, Mlp, get_act_layer
 from torch import nn
 
-from zoo.modalities import MODALITIES, check_modalities, collate
-from zoo.modalities.audio import AudioConfig, AudioPreprocessor, AudioStem
-from zoo.modalities.image import ImageConfig, ImagePreprocessor, ImageStem
-from zoo.modalities.text import TextConfig, TextPreprocessor, TextStem
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_SUB_CONFIGS = {"text": TextConfig, "image": ImageConfig, "audio": AudioConfig}
+from zoo.modalities import MODALITIES, check_modalities, input_keys, load_tokenizer
+from zoo.modalities.audio import AudioConfig
+from zoo.modalities.image import ImageConfig
+from zoo.modalities.text import TextConfig
+from zoo.registry import register_architecture
+from zoo.students.base import PruneGroup, PruneSlice, Student
 
 
 @dataclass
@@ -87,7 +83,7 @@ class HybridConfig:
 
     def __post_init__(self):
         self.modalities = check_modalities(self.modalities)
-        for m, cls in _SUB_CONFIGS.items():
+        for m, cls in ((m, d.config) for m, d in MODALITIES.items()):
             value = getattr(self, m)
             if isinstance(value, dict):
                 value = _dataclass_from_dict(cls, value, f"config.{m}")
@@ -204,37 +200,25 @@ class AttentionBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-_INPUT_KEYS = {
-    "text": ("input_ids", "attention_mask", "text_mask"),
-    "image": ("pixel_values", "image_mask"),
-    "audio": ("input_features", "audio_mask"),
-}
-
-
-class HybridStudent(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="distill-zoo",
-    tags=["distill-zoo", "distillation", "multimodal"],
-    repo_url="https://github.com/distill-zoo/distill-zoo",
-    docs_url="https://github.com/distill-zoo/distill-zoo#readme",
-):
+class HybridStudent(Student):
     """The hybrid Transformer+CNN student; build it with ``zoo.create_student`` (layout: module docstring)."""
 
+    config_class = HybridConfig
+
     def __init__(self, config: HybridConfig | dict):
-        super().__init__()
-        if isinstance(config, dict):
-            config = HybridConfig.from_dict(config)
-        self.config = config
-        self.tokenizer = None
+        super().__init__(HybridConfig.from_dict(config) if isinstance(config, dict) else config)
+        config = self.config
         D = config.embed_dim
         act = nn.GELU if config.act == "gelu" else get_act_layer(config.act)  # torch's own, as before the key
-        stems = {
-            "text": TextStem,
-            "image": partial(ImageStem, act_layer=act),
-            "audio": partial(AudioStem, act_layer=act),
-        }
-        self.stems = nn.ModuleDict({m: stems[m](getattr(config, m), D) for m in config.modalities})
+        stems = {m: MODALITIES[m].stem for m in config.modalities}
+        self.stems = nn.ModuleDict(
+            {
+                m: stem(getattr(config, m), D, act_layer=act)
+                if MODALITIES[m].stem_takes_act
+                else stem(getattr(config, m), D)
+                for m, stem in stems.items()
+            }
+        )
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, D)) for m in config.modalities})
         dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         n_conv = len(config.conv_hidden)
@@ -253,10 +237,6 @@ class HybridStudent(
         for p in self.modality_embed.values():
             nn.init.trunc_normal_(p, std=0.02)
         self.apply(self._init_weights)
-        if config.quantization:
-            from zoo.compress.quant import apply_quantization_scheme
-
-            apply_quantization_scheme(self, config.quantization)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -265,58 +245,17 @@ class HybridStudent(
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    # ----------------------------------------------------------------------------------------------- inputs
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    def set_tokenizer(self, tokenizer) -> None:
-        """Attach the text tokenizer (saved with the student). Its vocabulary must fit the text embedding."""
-        if "text" not in self.config.modalities:
-            raise ValueError("this student takes no text; build it with 'text' in modalities to attach a tokenizer.")
-        TextPreprocessor(tokenizer, self.config.text)  # validates the vocabulary size
-        self.tokenizer = tokenizer
-
-    def preprocessors(self) -> dict:
-        """The student's own preprocessing, one per modality: raw inputs -> tensors."""
-        pre = {}
-        for m in self.config.modalities:
-            if m == "text":
-                if self.tokenizer is None:
-                    raise ValueError(
-                        "this student has no tokenizer: call student.set_tokenizer(tok) with a teacher's tokenizer "
-                        "(zoo.modalities.text.load_tokenizer(folder)) or one trained with train_wordpiece_tokenizer()."
-                    )
-                pre[m] = TextPreprocessor(self.tokenizer, self.config.text)
-            elif m == "image":
-                pre[m] = ImagePreprocessor(self.config.image)
-            else:
-                pre[m] = AudioPreprocessor(self.config.audio)
-        return pre
-
-    def preprocess(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        """Raw samples (dicts with text / image / audio / label) -> the batch ``forward`` takes, plus labels."""
-        return collate(samples, self.preprocessors())
-
     # ---------------------------------------------------------------------------------------------- forward
     def _embed(self, inputs: dict) -> tuple[dict, dict, dict, torch.Tensor]:
         """Inputs -> per-modality tokens (B, N_m, D), grids, token validity (B, N_m) and presence (B, M)."""
         tokens, grids, valid = {}, {}, {}
-        unknown = set(inputs) - {k for m in MODALITIES for k in _INPUT_KEYS[m]} - {"labels"}
+        unknown = set(inputs) - set(input_keys(MODALITIES)) - {"labels"}
         if unknown:
-            raise TypeError(f"unexpected inputs {sorted(unknown)}; the student takes {sorted(_INPUT_KEYS)} inputs.")
+            raise TypeError(f"unexpected inputs {sorted(unknown)}; the student takes {sorted(MODALITIES)} inputs.")
         for m in self.config.modalities:
-            main = _INPUT_KEYS[m][0]
-            if inputs.get(main) is None:
+            if inputs.get(MODALITIES[m].input_keys[0]) is None:
                 continue
-            if m == "text":
-                x, grid, tok_valid = self.stems[m](inputs["input_ids"], inputs.get("attention_mask"))
-            else:
-                x, grid = self.stems[m](inputs[main])
-                tok_valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            present = inputs.get(f"{m}_mask")
-            if present is not None:
-                tok_valid = tok_valid & present.to(torch.bool)[:, None]
+            x, grid, tok_valid = MODALITIES[m].tokens(self.stems[m], inputs)
             tokens[m] = x + self.modality_embed[m]
             grids[m], valid[m] = grid, tok_valid
         if not tokens:
@@ -382,10 +321,6 @@ class HybridStudent(
             return x
         return self.heads[task or next(iter(self.heads))](x)
 
-    def forward(self, task: str | None = None, **inputs) -> torch.Tensor:
-        """Logits (B, num_classes) of ``task`` (default: the first task) for a batch from ``preprocess``."""
-        return self.forward_head(self.forward_features(**inputs), task)
-
     def forward_all_tasks(self, **inputs) -> dict[str, torch.Tensor]:
         feats = self.forward_features(**inputs)
         return {t: self.forward_head(feats, t) for t in self.heads}
@@ -420,100 +355,67 @@ class HybridStudent(
         stem = self.stems[modality]
         return (1, self.config.text.max_length) if modality == "text" else stem.grid
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    # ----------------------------------------------------------------------------------- declared structure
+    def no_weight_decay(self) -> set[str]:
+        """The position embeddings (of the stems) get no weight decay, as in timm's ViTs."""
+        return {n for n, _ in self.named_parameters() if n.endswith("pos_embed")}
 
-    # -------------------------------------------------------------------------------------------- save / load
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """config.json + model.safetensors (+ tokenizer files). The mixin writes config.json; we write the rest."""
-        from zoo.io import save_state_dict_atomic
-
-        save_state_dict_atomic(self.state_dict(), save_directory / WEIGHTS_NAME, metadata={"format": "pt"})
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(save_directory))
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Write config.json, model.safetensors and the tokenizer to ``save_directory`` (created if needed).
-
-        Files are written to a temporary folder beside it and renamed in one by one, so an interrupted save
-        leaves the previous files whole. The model card (README.md) is written by ``zoo card``, not here.
-        """
-        import shutil
-        import tempfile
-
-        from zoo.io import replace_folder_contents
-
-        dst = Path(save_directory)
-        dst.mkdir(parents=True, exist_ok=True)
-        kwargs.setdefault("config", self.config.to_dict())
-        tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=dst.parent))
-        try:
-            out = super().save_pretrained(tmp, **kwargs)
-            # the mixin's generic README says nothing true about this student; cards come from zoo.cards.write_card
-            names = [p.name for p in tmp.iterdir() if p.name != "README.md"]
-            replace_folder_contents(tmp, dst, names)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a student from a local folder or a hub id (through the HF cache), strictly, from safetensors only.
-
-        Errors name the folder and file at fault: a missing file, a truncated or corrupt safetensors file, a
-        config.json with unknown keys, or weights whose names or shapes do not match the config.
-        """
-        from zoo.io import resolve_model_folder
-
-        folder = resolve_model_folder(
-            pretrained_model_name_or_path,
-            revision=kwargs.pop("revision", None),
-            cache_dir=kwargs.pop("cache_dir", None),
-            token=kwargs.pop("token", None),
-        )
-        return cls._load_folder(folder, map_location=kwargs.pop("map_location", "cpu"))
-
-    @classmethod
-    def _load_folder(cls, folder: Path, map_location: str = "cpu") -> HybridStudent:
-        from zoo.io import load_state_dict_checked
-
-        config_path = folder / CONFIG_NAME
-        try:
-            data = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path} is not valid JSON ({e}); re-save the student with save_pretrained.") from e
-        data.pop("model_type", None)
-        config = HybridConfig.from_dict(data, source=str(config_path))
-        model = cls(config)
-        state = load_state_dict_checked(folder / WEIGHTS_NAME, device=map_location)
-        missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-        if missing or unexpected:
-            raise ValueError(
-                f"{folder / WEIGHTS_NAME} does not match {config_path}: missing keys {sorted(missing)[:8]}, "
-                f"unexpected keys {sorted(unexpected)[:8]}. The weights were saved from a different architecture."
+    def prunable_groups(self) -> list[PruneGroup]:
+        """Conv blocks' hidden channels, attention heads, MLP neurons and conv-stem channels, with the state_dict
+        tensors each unit owns."""
+        cfg = self.config
+        groups = []
+        for i, h in enumerate(cfg.conv_hidden):
+            p = f"conv_blocks.{i}"
+            slices = [PruneSlice(f"{p}.{n}", 0) for n in ("pw1.weight", "pw1.bias", "dw.weight", "dw.bias")]
+            groups.append(PruneGroup("conv", f"conv_hidden.{i}", h, [*slices, PruneSlice(f"{p}.pw2.weight", 1)]))
+        for i, (nh, mh) in enumerate(zip(cfg.attn_heads, cfg.mlp_hidden)):
+            p, hd = f"attn_blocks.{i}", cfg.head_dim
+            qkv = [PruneSlice(f"{p}.attn.qkv.{n}", 0, hd, 3) for n in ("weight", "bias")]  # rows (3, heads, hd)
+            groups.append(
+                PruneGroup("heads", f"attn_heads.{i}", nh, [*qkv, PruneSlice(f"{p}.attn.proj.weight", 1, hd)])
             )
-        expected = model.state_dict()
-        for k, v in state.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise ValueError(
-                    f"{folder / WEIGHTS_NAME}: tensor {k!r} has shape {tuple(v.shape)} but {config_path} implies "
-                    f"{tuple(expected[k].shape)}. The config and the weights come from different students."
-                )
-        model.load_state_dict(state, strict=True)
-        if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
-            from zoo.modalities.text import load_tokenizer
+            fc1 = [PruneSlice(f"{p}.mlp.fc1.{n}", 0) for n in ("weight", "bias")]
+            groups.append(PruneGroup("mlp", f"mlp_hidden.{i}", mh, [*fc1, PruneSlice(f"{p}.mlp.fc2.weight", 1)]))
+        for m, stem in self.stems.items():
+            if not hasattr(stem, "convs"):  # token stems (text) have no channels to prune
+                continue
+            n = len(stem.convs)
+            for j in range(n):
+                p = f"stems.{m}.convs.{j}"
+                nxt = f"stems.{m}.convs.{j + 1}.conv.weight" if j + 1 < n else f"stems.{m}.proj.weight"
+                slices = [
+                    PruneSlice(f"{p}.conv.weight", 0),
+                    PruneSlice(f"{p}.bn.weight", 0),
+                    PruneSlice(f"{p}.bn.bias", 0),
+                ]
+                if stem.convs[j].conv.bias is not None:
+                    slices.append(PruneSlice(f"{p}.conv.bias", 0))
+                width = getattr(cfg, m).stem_channels
+                groups.append(PruneGroup("stem", f"stem.{m}.{j}", width, [*slices, PruneSlice(nxt, 1)]))
+        return groups
 
-            model.set_tokenizer(load_tokenizer(folder))
-        model.eval()
-        return model
+    def pruned_config(self, counts: dict[str, int]) -> HybridConfig:
+        """The config with the kept widths: per-block lists, and one stem width per conv stem."""
+        cfg = self.config
+        widths = {
+            "conv_hidden": [counts.get(f"conv_hidden.{i}", h) for i, h in enumerate(cfg.conv_hidden)],
+            "attn_heads": [counts.get(f"attn_heads.{i}", h) for i, h in enumerate(cfg.attn_heads)],
+            "mlp_hidden": [counts.get(f"mlp_hidden.{i}", h) for i, h in enumerate(cfg.mlp_hidden)],
+        }
+        for m in cfg.modalities:
+            if f"stem.{m}.0" in counts:
+                widths[m] = dataclasses.replace(getattr(cfg, m), stem_channels=counts[f"stem.{m}.0"])
+        return dataclasses.replace(copy.deepcopy(cfg), **widths)
 
 
 def build_student(config: HybridConfig, tokenizer=None) -> HybridStudent:
     model = HybridStudent(config)
     if tokenizer is not None:
         if isinstance(tokenizer, (str, os.PathLike)):
-            from zoo.modalities.text import load_tokenizer
-
             tokenizer = load_tokenizer(tokenizer)
         model.set_tokenizer(tokenizer)
     return model
+
+
+register_architecture("hybrid", HybridStudent)  # configs that record no size variant

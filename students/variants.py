@@ -56,7 +56,7 @@ def _blocks(n: int, value: int) -> list[int]:
     return [value] * n
 
 
-@register_model
+@register_model(family=HybridStudent)
 def hybrid_test(modalities=("image",), num_classes: int = 10, **kwargs) -> HybridStudent:
     """A minute variant for unit tests."""
     base = dict(
@@ -80,7 +80,7 @@ def hybrid_test(modalities=("image",), num_classes: int = 10, **kwargs) -> Hybri
     return _create_hybrid("hybrid_test", modalities, num_classes, base, **kwargs)
 
 
-@register_model
+@register_model(family=HybridStudent)
 def hybrid_tiny(modalities=("text", "image", "audio"), num_classes: int = 10, **kwargs) -> HybridStudent:
     base = dict(
         act="relu",
@@ -103,7 +103,7 @@ def hybrid_tiny(modalities=("text", "image", "audio"), num_classes: int = 10, **
     return _create_hybrid("hybrid_tiny", modalities, num_classes, base, **kwargs)
 
 
-@register_model
+@register_model(family=HybridStudent)
 def hybrid_small(modalities=("text", "image", "audio"), num_classes: int = 10, **kwargs) -> HybridStudent:
     base = dict(
         act="relu",
@@ -126,7 +126,7 @@ def hybrid_small(modalities=("text", "image", "audio"), num_classes: int = 10, *
     return _create_hybrid("hybrid_small", modalities, num_classes, base, **kwargs)
 
 
-@register_model
+@register_model(family=HybridStudent)
 def hybrid_base(modalities=("text", "image", "audio"), num_classes: int = 10, **kwargs) -> HybridStudent:
     base = dict(
         act="relu",

@@ -67,17 +67,17 @@ def test_bad_crossfit_folders(crossfit_dir, tmp_path):
 
 def test_label_fraction_hides_labels_from_the_students():
     import zoo
-    from zoo.distill import _Rows
     from zoo.recipe import DataSettings
+    from zoo.train.rows import Rows
 
     student = zoo.create_student("hybrid_test", modalities=["image"], num_classes=3)
     split = [{"id": str(i), "image": torch.rand(3, 16, 16), "label": i % 3} for i in range(20)]
-    rows = _Rows(split, student.preprocessors())
+    rows = Rows(split, student.preprocessors())
     assert rows.hide_labels(0.3, seed=0) == 6
     labels = [int(rows[i]["labels"]) for i in range(20)]
     assert sum(y != -100 for y in labels) == 6
     assert all(y == split[i]["label"] for i, y in enumerate(labels) if y != -100)
-    again = _Rows(split, student.preprocessors())
+    again = Rows(split, student.preprocessors())
     again.hide_labels(0.3, seed=0)
     assert again.unlabeled == rows.unlabeled  # seeded
     with pytest.raises(ValueError, match="label_fraction"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.distill import DistillModule, StopRun, _build_teacher, distill
+from zoo.teachers.train import build_teacher
+from zoo.train import DistillModule, StopRun, distill
 from zoo.recipe import TeacherTraining
 
 TINY = [
@@ -55,7 +56,7 @@ def tiny_teachers(tiny_data, tmp_path_factory):
     cfg = TeacherTraining(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, image_size=16)
     torch.manual_seed(0)
     for m in ("text", "image"):
-        _build_teacher(m, cfg, tiny_data, root / m)
+        build_teacher(m, cfg, tiny_data, root / m)
     return {m: str(root / m) for m in ("text", "image")}
 
 
@@ -168,7 +169,9 @@ def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypat
     stage's own accuracy_tolerance (over the run-wide one) allows the drop."""
     import copy
 
-    import zoo.distill
+    import dataclasses
+
+    from zoo.compress import stages
 
     tried = []
 
@@ -179,7 +182,8 @@ def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypat
             torch.nn.init.zeros_(p)
         return broken, {}, None
 
-    monkeypatch.setattr(zoo.distill, "_compression_backend", lambda name: (wreck, None))
+    wrecking = dataclasses.replace(stages.COMPRESSION_STAGES["prune"], prepare=wreck)
+    monkeypatch.setitem(stages.COMPRESSION_STAGES, "prune", wrecking)
     ov = [o for o in TINY if not o.startswith("stages.prune")] + [
         "train.baseline=false", "stages.prune.steps=0", "train.accuracy_tolerance=0.0", "data.label_fraction=1.0"
     ]  # fmt: skip
@@ -268,7 +272,7 @@ def test_two_processes_match_one(tmp_path):
     ds = zdata.load(str(csv))
     teachers = []
     for m in ("text", "image"):
-        _build_teacher(m, cfg, ds, tmp_path / "teachers" / m)
+        build_teacher(m, cfg, ds, tmp_path / "teachers" / m)
         teachers += ["--teacher", f"{m}={tmp_path / 'teachers' / m}"]
     args = ["distill", "--data", str(csv), "--no-progress", *teachers, *TINY, "data.eval_batch_size=8"]
     one = subprocess.run([sys.executable, "-m", "zoo.cli", *args, "--out", str(tmp_path / "one")],

@@ -11,8 +11,8 @@ def load(name_or_path: str, **kwargs):
     """Load a student from a local folder, a hub id or a name from the zoo's catalogue (``zoo list``).
 
     Hub files go through the HF cache; offline, a hub id or catalogue name fails with a message saying how to
-    pass a local folder instead (see ``HybridStudent.from_pretrained``).
+    pass a local folder instead. The student's family is the one registered for config.json's ``architecture``.
     """
-    from zoo.students import HybridStudent
+    from zoo.students import load_student  # the students import torch; `import zoo` (and `zoo --help`) does not
 
-    return HybridStudent.from_pretrained(name_or_path, **kwargs)
+    return load_student(name_or_path, **kwargs)

@@ -18,9 +18,7 @@ from pathlib import Path
 import torch
 
 from zoo.io import atomic_write_json
-
-METRICS_NAME = "metrics.json"
-MODEL_ORDER = ["teacher", "raw_student", "distilled", "pruned", "int8", "onnx_fp32", "onnx_int8"]
+from zoo.runs import METRICS_NAME, ordered
 
 
 @contextmanager
@@ -141,9 +139,7 @@ def update_metrics(folder: str | os.PathLike, models: dict | None = None, **sect
     for name, entry in (models or {}).items():
         data["models"][name] = entry
     data.update(sections)
-    ordered = {k: data["models"][k] for k in MODEL_ORDER if k in data["models"]}
-    ordered.update({k: v for k, v in data["models"].items() if k not in ordered})
-    data["models"] = ordered
+    data["models"] = {k: data["models"][k] for k in ordered(data["models"])}
     atomic_write_json(Path(folder) / METRICS_NAME, data)
     return data
 

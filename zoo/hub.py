@@ -30,7 +30,7 @@ def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
     from huggingface_hub import ModelCard
 
     from zoo.bench import read_metrics
-    from zoo.students import HybridStudent
+    from zoo.students import load_student
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -47,7 +47,7 @@ def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
             "Remove them (a student is config.json + model.safetensors)."
         )
     for d in students:
-        HybridStudent.from_pretrained(d)  # strict: missing, extra or mis-shaped tensors are errors naming the file
+        load_student(d)  # strict: missing, extra or mis-shaped tensors are errors naming the file
     card_path = folder / CARD_NAME
     if not card_path.exists():
         raise FileNotFoundError(f"{card_path} is missing; write the model card with `zoo card {folder}`.")

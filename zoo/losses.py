@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from zoo.modalities import IGNORE_INDEX
 
 IMAGE_TEXT = "image-text"
+ALIGNMENT_PARTS = ("feature", "embedding", "relation")  # the alignment terms inside the distillation term
 
 
 def _zero(like: Tensor) -> Tensor:
@@ -353,7 +354,7 @@ class DistillationLoss(nn.Module):
 
     def distillation_term(self, parts: dict[str, Tensor]) -> Tensor:
         """The full distillation term: logit KD + weighted feature, embedding and relation alignment."""
-        return parts["kd"] + sum(self.weights[k] * parts[k] for k in ("feature", "embedding", "relation"))
+        return parts["kd"] + sum(self.weights[k] * parts[k] for k in ALIGNMENT_PARTS)
 
 
 def token_validity(inputs: dict[str, Tensor], modalities) -> dict[str, Tensor | None]:

@@ -78,9 +78,12 @@ class LossWeights:
     adaptive: float = 0.0
     quant: float = 0.0
     reference: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)  # terms registered outside the package, by their key
 
-    def uses_teacher(self) -> bool:
-        return self.kl > 0 or self.adaptive > 0
+    def as_dict(self) -> dict[str, float]:
+        """{term key: weight}, the registered extra terms beside the built-in ones."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**out, **self.extra}
 
 
 @dataclass
@@ -329,7 +332,11 @@ class Recipe:
     stages: Stages = field(default_factory=Stages)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for stage in (data["stages"] or {}).values():  # extra loss terms read back as keys of weights:
+            if stage:
+                stage["weights"].update(stage["weights"].pop("extra"))
+        return data
 
 
 # --------------------------------------------------------------------------------------------------- parsing
@@ -395,6 +402,15 @@ def _build(cls, data, where: str, source: str):
         raise ValueError(f"{source}: {where or 'the recipe'} must be a mapping; got {type(data).__name__} {data!r}.")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
+    if cls is LossWeights:  # a loss term registered outside the package: its key is a stage weight too
+        from zoo.registry import LOSS_TERMS
+
+        registered = [k for k, c in LOSS_TERMS.items() if k not in known and getattr(c, "stage_weight", True)]
+        known = [k for k in known if k != "extra"] + registered
+        if any(k in registered for k in data):
+            extra = {k: v for k, v in data.items() if k in registered}
+            data = {**{k: v for k, v in data.items() if k not in extra}, "extra": extra}
+            known.append("extra")
     for key in data:
         if key not in known:
             import difflib

@@ -11,7 +11,7 @@ import time
 import torch
 
 from zoo.commands._shared import parse_teachers
-from zoo.distill import StopRun, distill
+from zoo.train import StopRun, distill
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from zoo.distill import evaluate_folder
+from zoo.train.report import evaluate_folder
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

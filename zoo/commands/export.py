@@ -21,7 +21,7 @@ from zoo.compress.export import (
 )
 from zoo.compress.quant import is_quantized
 from zoo.data import load
-from zoo.students import HybridStudent
+from zoo.students import load_student
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("nothing to export: pass --onnx (the only export format besides the safetensors folder).")
     torch.set_num_threads(1)
     folder = Path(args.dir)
-    student = HybridStudent.from_pretrained(folder)
+    student = load_student(folder)
     out = Path(args.out) if args.out else folder / ONNX_NAME
     batch = example_batch(student, batch_size=2, seed=0)
     export_onnx(student, out, batch, opset=args.opset)

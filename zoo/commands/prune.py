@@ -9,12 +9,12 @@ import torch
 from zoo.bench import update_metrics
 from zoo.compress.hardware import copy_metrics, data_batches, metrics_entry
 from zoo.compress.prune import CRITERIA, SCOPES, prune_student, pruned_widths
-from zoo.students import HybridStudent
+from zoo.students import load_student
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    student = HybridStudent.from_pretrained(args.dir)
+    student = load_student(args.dir)
     batches = None
     if args.criterion == "taylor":
         batches, note = data_batches(student, args.data, args.batches, args.batch_size, split="train")

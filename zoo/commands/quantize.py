@@ -7,12 +7,12 @@ import torch
 from zoo.bench import update_metrics
 from zoo.compress.hardware import copy_metrics, data_batches, metrics_entry
 from zoo.compress.quant import quantize_student
-from zoo.students import HybridStudent
+from zoo.students import load_student
 
 
 def _cmd_quantize(args) -> int:
     torch.set_num_threads(1)
-    student = HybridStudent.from_pretrained(args.dir)
+    student = load_student(args.dir)
     batches, note = data_batches(student, args.data, args.batches, args.batch_size, split="train")
     print(f"calibration: {note}")
     int8 = quantize_student(student, batches)

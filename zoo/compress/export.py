@@ -33,18 +33,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo.bench import median_ms
+from zoo.io import atomic_path
+from zoo.modalities import MODALITIES, input_keys
+
 ONNX_NAME = "model.onnx"
 DEFAULT_OPSET = 20
-INPUT_KEYS = {
-    "text": ("input_ids", "attention_mask", "text_mask"),
-    "image": ("pixel_values", "image_mask"),
-    "audio": ("input_features", "audio_mask"),
-}
 
 
 def input_names(student: nn.Module) -> list[str]:
     """The ONNX graph's inputs, in order: the flat batch keys of the student's modalities."""
-    return [k for m in student.config.modalities for k in INPUT_KEYS[m]]
+    return input_keys(student.config.modalities)
 
 
 def output_names(student: nn.Module) -> list[str]:
@@ -59,29 +58,10 @@ def example_batch(student: nn.Module, batch_size: int = 1, seed: int = 0) -> dic
     token ids filling the whole length (the student needs no tokenizer for this). Good for shapes, export, latency
     and a rough calibration; real data calibrates better.
     """
-    from zoo.modalities.audio import AudioPreprocessor
-    from zoo.modalities.image import ImagePreprocessor
-
     rng = np.random.default_rng(seed)
-    cfg = student.config
     batch: dict[str, torch.Tensor] = {}
-    if "text" in cfg.modalities:
-        low = min(5, cfg.text.vocab_size - 1)  # skip the special tokens of our WordPiece tokenizers
-        ids = torch.from_numpy(rng.integers(low, cfg.text.vocab_size, (batch_size, cfg.text.max_length)))
-        batch["input_ids"] = ids.long()
-        batch["attention_mask"] = torch.ones(batch_size, cfg.text.max_length, dtype=torch.long)
-        batch["text_mask"] = torch.ones(batch_size, dtype=torch.bool)
-    if "image" in cfg.modalities:
-        s = cfg.image.image_size
-        images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for _ in range(batch_size)]
-        batch.update(ImagePreprocessor(cfg.image)(images))
-    if "audio" in cfg.modalities:
-        a = cfg.audio
-        audios = [
-            {"array": (0.1 * rng.standard_normal(a.clip_samples)).astype(np.float32), "sampling_rate": a.sample_rate}
-            for _ in range(batch_size)
-        ]
-        batch.update(AudioPreprocessor(a)(audios))
+    for m in student.config.modalities:  # in canonical order: the random draws follow it
+        batch.update(MODALITIES[m].example(getattr(student.config, m), batch_size, rng))
     return batch
 
 
@@ -227,8 +207,6 @@ def export_onnx(
     written atomically and checked with ``onnx.checker``.
     """
     import onnx
-
-    from zoo.io import atomic_path
 
     if opset < 17:
         raise ValueError(f"opset {opset}: export needs opset 17 or later (LayerNormalization).")
@@ -379,8 +357,6 @@ def run_onnx(session, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def onnx_latency_ms(session, batch: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
     """Median latency (ms) of one ``session.run`` on ``batch``."""
-    from zoo.bench import median_ms
-
     feed = onnx_feed(session, batch)
     return median_ms(lambda: session.run(None, feed), repeats=repeats, warmup=warmup)
 

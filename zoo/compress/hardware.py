@@ -246,7 +246,8 @@ def metrics_entry(student: nn.Module, folder: str | Path, source: str | None, kn
 
 def copy_metrics(src: str | Path, dst: str | Path) -> None:
     """Start ``dst``'s metrics.json from ``src``'s, so the lineage (teacher, distilled, ...) stays with the model."""
-    from zoo.bench import METRICS_NAME, read_metrics, update_metrics
+    from zoo.bench import read_metrics, update_metrics
+    from zoo.runs import METRICS_NAME
 
     if (Path(src) / METRICS_NAME).exists() and Path(src).resolve() != Path(dst).resolve():
         data = read_metrics(src)

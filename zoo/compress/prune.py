@@ -28,73 +28,20 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zoo.compress.quant import is_qat, is_quantized
+from zoo.students.base import PruneGroup
 
 CRITERIA = ("l1", "taylor")
 SCOPES = ("global", "layer")
 TARGETS = ("conv", "heads", "mlp", "stem")
 
 
-@dataclass
-class _Slice:
-    """One tensor a unit owns: along ``dim``, laid out as ``chunks`` x units x ``unit_size``."""
-
-    key: str
-    dim: int
-    unit_size: int = 1
-    chunks: int = 1
-
-
-@dataclass
-class _Group:
-    """A set of units pruned together (one layer's channels, heads or neurons)."""
-
-    kind: str  # conv | heads | mlp | stem
-    name: str  # conv_hidden.0, attn_heads.1, mlp_hidden.1, stem.image.0
-    units: int
-    slices: list[_Slice] = field(default_factory=list)
-
-    def indices(self, keep: torch.Tensor, s: _Slice) -> torch.Tensor:
-        """Positions along ``s.dim`` of the kept units (sorted), for every chunk."""
-        offs = torch.arange(s.unit_size)
-        per_chunk = (keep[:, None] * s.unit_size + offs).flatten()
-        return torch.cat([c * self.units * s.unit_size + per_chunk for c in range(s.chunks)])
-
-
-def _groups(student: nn.Module) -> list[_Group]:
-    """Every prunable group of a hybrid student, with the state_dict tensors each unit owns."""
-    cfg = student.config
-    groups = []
-    for i, h in enumerate(cfg.conv_hidden):
-        p = f"conv_blocks.{i}"
-        slices = [_Slice(f"{p}.{n}", 0) for n in ("pw1.weight", "pw1.bias", "dw.weight", "dw.bias")]
-        groups.append(_Group("conv", f"conv_hidden.{i}", h, [*slices, _Slice(f"{p}.pw2.weight", 1)]))
-    for i, (nh, mh) in enumerate(zip(cfg.attn_heads, cfg.mlp_hidden)):
-        p, hd = f"attn_blocks.{i}", cfg.head_dim
-        qkv = [_Slice(f"{p}.attn.qkv.{n}", 0, hd, 3) for n in ("weight", "bias")]  # rows laid out (3, heads, hd)
-        groups.append(_Group("heads", f"attn_heads.{i}", nh, [*qkv, _Slice(f"{p}.attn.proj.weight", 1, hd)]))
-        fc1 = [_Slice(f"{p}.mlp.fc1.{n}", 0) for n in ("weight", "bias")]
-        groups.append(_Group("mlp", f"mlp_hidden.{i}", mh, [*fc1, _Slice(f"{p}.mlp.fc2.weight", 1)]))
-    for m in ("image", "audio"):
-        if m not in cfg.modalities:
-            continue
-        stem = student.stems[m]
-        n = len(stem.convs)
-        for j in range(n):
-            p = f"stems.{m}.convs.{j}"
-            nxt = f"stems.{m}.convs.{j + 1}.conv.weight" if j + 1 < n else f"stems.{m}.proj.weight"
-            slices = [_Slice(f"{p}.conv.weight", 0), _Slice(f"{p}.bn.weight", 0), _Slice(f"{p}.bn.bias", 0)]
-            if stem.convs[j].conv.bias is not None:
-                slices.append(_Slice(f"{p}.conv.bias", 0))
-            groups.append(_Group("stem", f"stem.{m}.{j}", getattr(cfg, m).stem_channels, [*slices, _Slice(nxt, 1)]))
-    return groups
-
-
-def _unit_scores(group: _Group, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+def _unit_scores(group: PruneGroup, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of ``tensors`` (|w| or |w * g|) over everything each unit of the group owns -> (units,)."""
     score = torch.zeros(group.units, dtype=torch.float64)
     for s in group.slices:
@@ -164,13 +111,13 @@ def round_width(width: float, total: int, multiple: int) -> int:
     return int(min(total, max(multiple, math.floor(width / multiple + 0.5) * multiple)))
 
 
-def _kept_counts(groups: list[_Group], scores: dict[str, torch.Tensor], keep: float, scope: str, round_to: int):
+def _kept_counts(groups: list[PruneGroup], scores: dict[str, torch.Tensor], keep: float, scope: str, round_to: int):
     """Units to keep per group: ``keep`` per layer, or by global rank within each kind; then rounded."""
     counts: dict[str, float] = {}
     if scope == "layer":
         counts = {g.name: keep * g.units for g in groups}
     else:
-        by_kind: dict[str, list[_Group]] = {}
+        by_kind: dict[str, list[PruneGroup]] = {}
         for g in groups:
             # one width per stem: its layers rank among themselves, the stems do not share a budget
             by_kind.setdefault(g.name.rsplit(".", 1)[0] if g.kind == "stem" else g.kind, []).append(g)
@@ -226,8 +173,6 @@ def prune_student(
     Returns a student of the same class whose config lists the new widths and records the pruning in
     ``config.pruning``; recover its accuracy with KD (the recipe's prune stage).
     """
-    from zoo.compress.quant import is_qat, is_quantized
-
     if not (isinstance(keep, (int, float)) and 0.0 < float(keep) <= 1.0):
         raise ValueError(f"keep ratio {keep!r} is out of range: pass the share of units to keep, in (0, 1].")
     if criterion not in CRITERIA:
@@ -241,9 +186,10 @@ def prune_student(
         raise ValueError(f"round_to {round_to!r} must be a positive number of channels (8 or 16 suit CPU kernels).")
     if is_quantized(student) or is_qat(student):
         raise ValueError("prune the float student, then quantize: this one is quantized or prepared for QAT.")
-    if not hasattr(student, "config") or not hasattr(student.config, "conv_hidden"):
+    if not getattr(student, "prunable_groups", lambda: [])():
         raise TypeError(
-            f"prune_student takes a hybrid student; for a {type(student).__name__} use prune_foreign_model()."
+            f"prune_student takes a student that declares prunable_groups(); for a {type(student).__name__} use "
+            "prune_foreign_model()."
         )
     weights = None
     if criterion == "taylor":
@@ -255,7 +201,7 @@ def prune_student(
 
 def _prune(student, keep, weights, criterion, scope, round_to, targets) -> nn.Module:
     """The pruning itself, given per-weight importances (None: L1 of the weights). Inputs are validated."""
-    groups = [g for g in _groups(student) if g.kind in targets]
+    groups = [g for g in student.prunable_groups() if g.kind in targets]
     state = student.state_dict()
     scores = {g.name: _unit_scores(g, weights if weights is not None else state) for g in groups}
     counts = _kept_counts(groups, scores, keep, scope, round_to)
@@ -270,15 +216,6 @@ def _prune(student, keep, weights, criterion, scope, round_to, targets) -> nn.Mo
             new_state[s.key] = t.index_select(s.dim, g.indices(kept[g.name], s).to(t.device))
 
     cfg = student.config
-    widths = {
-        "conv_hidden": [counts.get(f"conv_hidden.{i}", h) for i, h in enumerate(cfg.conv_hidden)],
-        "attn_heads": [counts.get(f"attn_heads.{i}", h) for i, h in enumerate(cfg.attn_heads)],
-        "mlp_hidden": [counts.get(f"mlp_hidden.{i}", h) for i, h in enumerate(cfg.mlp_hidden)],
-    }
-    stems = {}
-    for m in ("image", "audio"):
-        if getattr(cfg, m) is not None and f"stem.{m}.0" in counts:
-            stems[m] = dataclasses.replace(getattr(cfg, m), stem_channels=counts[f"stem.{m}.0"])
     record = {
         "criterion": criterion,
         "scope": scope,
@@ -289,7 +226,7 @@ def _prune(student, keep, weights, criterion, scope, round_to, targets) -> nn.Mo
     }
     if cfg.pruning:
         record["previous"] = cfg.pruning
-    new_cfg = dataclasses.replace(copy.deepcopy(cfg), **widths, **stems, pruning=record)
+    new_cfg = dataclasses.replace(student.pruned_config(counts), pruning=record)
     pruned = type(student)(new_cfg)
     pruned.load_state_dict(new_state, strict=True)
     if getattr(student, "tokenizer", None) is not None:

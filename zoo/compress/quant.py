@@ -575,7 +575,7 @@ def convert_int8(model: nn.Module) -> nn.Module:
     for name, m in qat_modules.items():
         state.update({f"{name}.{k}": v for k, v in m.int8_state().items()})
     device = next(model.parameters()).device
-    converted = type(model)(config)
+    converted = apply_quantization_scheme(type(model)(config), scheme)
     converted.load_state_dict(state, strict=True)
     if getattr(model, "tokenizer", None) is not None:
         converted.tokenizer = model.tokenizer
@@ -583,7 +583,7 @@ def convert_int8(model: nn.Module) -> nn.Module:
 
 
 def apply_quantization_scheme(model: nn.Module, scheme: dict) -> nn.Module:
-    """Swap the layers ``scheme["modules"]`` names for empty int8 layers, in place (called by the student's init).
+    """Swap the layers ``scheme["modules"]`` names for empty int8 layers, in place (called by the student loader).
 
     The result has exactly the module structure and state_dict keys of a converted student, ready for
     ``load_state_dict``. A scheme of another format, or naming a layer the model lacks or of another type, is an

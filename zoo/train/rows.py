@@ -1,0 +1,75 @@
+"""A split's rows as student tensors, and the batch plumbing the loop, the evaluation and the report share."""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.modalities import IGNORE_INDEX, collate
+
+MATERIALIZE_MAX = 20000  # splits up to this many rows are decoded and preprocessed once, up front
+
+
+class Rows(torch.utils.data.Dataset):
+    """Rows of one split as student tensors: preprocessed once when small, on the fly (per row) when large."""
+
+    def __init__(self, split, preprocessors: dict, ids: list[str] | None = None):
+        self.split, self.pre = split, preprocessors
+        self.unlabeled: set[int] = set()
+        self.tensors = None
+        self.ids = ids
+        n = len(split)
+        if n <= MATERIALIZE_MAX:
+            samples = [split[i] for i in range(n)]
+            self.ids = [str(s["id"]) for s in samples]
+            parts = [collate(samples[i : i + 256], preprocessors) for i in range(0, n, 256)]
+            self.tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.tensors is not None:
+            row = {"id": self.ids[i], **{k: v[i] for k, v in self.tensors.items()}}
+        else:
+            s = self.split[i]
+            row = {"id": str(s["id"]), **{k: v[0] for k, v in collate([s], self.pre).items()}}
+        if i in self.unlabeled:
+            row["labels"] = torch.tensor(IGNORE_INDEX)
+        return row
+
+    def hide_labels(self, fraction: float, seed: int) -> int:
+        """Keep the labels of a seeded ``fraction`` of the rows (the others read -100); returns how many are kept."""
+        g = torch.Generator().manual_seed(seed + 101)
+        keep = max(int(round(fraction * len(self))), 1)
+        self.unlabeled = set(torch.randperm(len(self), generator=g)[keep:].tolist())
+        return keep
+
+    def raw(self, i: int) -> dict:
+        return self.samples[i] if self.tensors is not None else self.split[i]
+
+
+def collate_rows(rows: list[dict]) -> dict:
+    batch = {"ids": [r["id"] for r in rows]}
+    for k in rows[0]:
+        if k != "id":
+            batch[k] = torch.stack([r[k] for r in rows])
+    return batch
+
+
+def split_inputs(batch: dict) -> tuple[dict, torch.Tensor, list[str]]:
+    inputs = {k: v for k, v in batch.items() if k not in ("ids", "labels")}
+    return inputs, batch["labels"], batch["ids"]
+
+
+class SampleList:
+    """The raw samples of a ``Rows`` as a sequence (for the teacher cache)."""
+
+    def __init__(self, rows: Rows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows.raw(i)

@@ -1,0 +1,531 @@
+"""A ``zoo distill`` run: setup and the stage sequence (``distill`` is the Python API, ``zoo distill`` the CLI).
+
+A recipe (``zoo.recipe``) runs top to bottom:
+
+1. data (``zoo.data``), teachers (given, or trained here when none are: ``zoo.teachers.train``), the student and
+   its tokenizer, the teacher-output cache over the train split (``zoo.teachers.TeacherCache``);
+2. the raw-student baseline: the same student, CE only, as many steps as the distillation stages together;
+3. the stages: pretrain -> soft_distill -> mixed_distill (the float "distilled" student, saved at the top of the
+   output folder), each through the one training loop (``zoo.train.loop``) with its loss weights
+   (``zoo.train.objective``), temperature schedule and learning rate; the adaptive controller (``zoo.controller``)
+   scales the distillation term in mixed_distill; then the compression stages (``zoo.compress.stages``: prune ->
+   quant_finetune -> hardware_adapt) under the accuracy guard (``zoo.compress.guard``);
+4. measurements (``zoo.train.report``): metrics.json, metrics.jsonl, training_curves.png, the card, the table.
+
+``torchrun --nproc_per_node 2 -m zoo.cli distill ...`` runs the same code on two CPU processes (gloo, one torch
+thread each). In accelerate 1.15, ``accelerate launch --cpu --num_processes 2`` starts one process unless mpirun is
+set up (``--mpirun_hostfile``). Each global batch of ``data.batch_size`` rows is split across the processes
+(``split_batches``) and shuffled by a seeded sampler, so the processes together see the batches one process would
+and the learning rate stays the same: results match a one-process run up to float summation order.
+
+The output folder's layout is in ``zoo.runs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import set_seed
+from torch import nn
+from transformers.utils import logging as hf_logging
+
+from zoo import data as zdata
+from zoo.compress.guard import compression_stage
+from zoo.controller import BanditController
+from zoo.io import atomic_write_json, load_state_dict_checked, save_state_dict_atomic
+from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
+from zoo.modalities import IGNORE_INDEX
+from zoo.modalities.text import load_tokenizer, train_wordpiece_tokenizer
+from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
+from zoo.registry import create_student
+from zoo.runs import JSONL_NAME, STATE_NAME
+from zoo.students import load_student
+from zoo.teachers import TeacherCache, load_teacher
+from zoo.teachers.crossfit import tokenizer_folder
+from zoo.teachers.train import train_teachers
+from zoo.train.loop import StopRun, train_phase
+from zoo.train.report import measure
+from zoo.train.rows import Rows, SampleList, collate_rows, split_inputs
+
+STOP_ENV = "ZOO_STOP_AFTER_STEPS"  # simulate a crash after this many optimizer steps (resume tests)
+__all__ = ["Run", "StopRun", "distill"]
+
+
+def _launched_processes() -> int:
+    """How many processes the launcher (torchrun, mpirun) started, from its environment."""
+    names = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return max(int(os.environ.get(n) or 1) for n in names)
+
+
+class Run:
+    """One ``zoo distill`` run: holds the accelerator, data, teachers, student and the output folder."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        stop_after_steps: int | None = None,
+        progress: bool = True,
+    ):
+        self.recipe = recipe
+        self.out = Path(out_dir)
+        self.resume = resume
+        env_stop = os.environ.get(STOP_ENV)
+        self.stop_after = stop_after_steps if stop_after_steps is not None else (int(env_stop) if env_stop else None)
+        self.steps_this_session = 0
+        self.progress = progress
+        # accelerate starts gloo processes (MULTI_CPU) only when asked for the CPU: without an accelerator device,
+        # a torchrun launch with cpu=False silently runs each process alone
+        self.accelerator = Accelerator(
+            cpu=_launched_processes() > 1 and not torch.accelerator.is_available(),
+            mixed_precision=recipe.train.mixed_precision,
+            gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
+            # the projectors only take part in mixed_distill; DDP must not wait for their gradients elsewhere
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        self.is_main = self.accelerator.is_main_process
+        hf_logging.disable_progress_bar()  # per-file load / save bars of the teachers drown the run's own log
+        self.timings: dict[str, float] = {}
+        self.stage_log: list[dict] = []
+        self.global_step = 0
+        self.state: dict = {"completed": {}, "global_step": 0}
+
+    # -- logging ------------------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        """A line for the run's log: printed on the main process and kept in run.log."""
+        if self.is_main:
+            line = f"[zoo distill] {message}"
+            print(line, flush=True)
+            with open(self.out / "run.log", "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+    def record(self, **fields) -> None:
+        if self.is_main:
+            with open(self.out / JSONL_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(fields) + "\n")
+
+    def save_state(self) -> None:
+        if self.is_main:
+            atomic_write_json(self.out / STATE_NAME, self.state)
+
+    # -- setup --------------------------------------------------------------------------------------------------
+    def setup(self, data=None, teachers: dict[str, str] | None = None) -> None:
+        """Data, teachers (trained when none are given), tokenizer, student, teacher cache, loss module."""
+        r, acc = self.recipe, self.accelerator
+        t0 = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        state_path = self.out / STATE_NAME
+        if self.resume and state_path.exists():
+            self.state = json.loads(state_path.read_text())
+            self.log(f"resuming: completed phases {list(self.state['completed'])}")
+        elif self.is_main:
+            if self.resume:
+                self.log(f"--resume: {state_path} does not exist; starting a new run")
+            for name in (STATE_NAME, JSONL_NAME, "metrics.json", "run.log"):
+                (self.out / name).unlink(missing_ok=True)
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        acc.wait_for_everyone()
+        self.save_state()
+        n = acc.num_processes
+        for key in ("batch_size", "eval_batch_size"):
+            size = getattr(r.data, key)
+            if size % n:
+                raise ValueError(
+                    f"data.{key}={size} is not a multiple of the {n} processes: each process takes an equal share of "
+                    f"every batch. Set data.{key}={max(size - size % n, n)}."
+                )
+        self.log(
+            f"processes: {n} ({acc.distributed_type.value}{f', {acc.state.backend}' if n > 1 else ''}), "
+            f"{torch.get_num_threads()} torch thread(s) each; global batch {r.data.batch_size}"
+            + (f" split into {n} x {r.data.batch_size // n}" if n > 1 else "")
+        )
+        if n == 1 and "MASTER_ADDR" in os.environ and _launched_processes() == 1:
+            self.log(
+                "warning: launched for several processes but running one: `accelerate launch --cpu` starts several "
+                "CPU processes only through mpirun (--mpirun_hostfile). Use `torchrun --nproc_per_node N -m zoo.cli "
+                "distill ...` instead."
+            )
+        set_seed(r.seed)
+        self.data = data if data is not None else _load_data(r)
+        self.log(
+            f"data: {self.data.source}: "
+            + ", ".join(f"{k} {len(v)}" for k, v in self.data.splits.items())
+            + f"; modalities {self.data.modalities}; {self.data.num_labels} classes"
+        )
+        if r.data.max_train_samples and len(self.data.splits["train"]) > r.data.max_train_samples:
+            self.data.splits["train"] = self.data.splits["train"].select(range(r.data.max_train_samples))
+        self.modalities = list(self.data.modalities)
+        self.num_classes = self.data.num_labels
+        self.timings["data"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        teacher_paths = dict(teachers if teachers is not None else r.teachers)
+        self.trained_teachers = not teacher_paths
+        if not teacher_paths:
+            if self.is_main:
+                train_teachers(self.data, self.out / "teachers", r.teacher_training, r.seed, log=self.log)
+            acc.wait_for_everyone()
+            wanted = r.teacher_training.modalities or self.modalities
+            teacher_paths = {m: str(self.out / "teachers" / m) for m in self.modalities if m in wanted}
+        self.teacher_paths = teacher_paths
+        self.teachers = _load_teachers(teacher_paths, self.num_classes, self.data.id2label, self.log)
+        self.timings["teachers"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        set_seed(r.seed)
+        self.student = self.new_student()
+        self.log(
+            f"student: {r.student} ({sum(p.numel() for p in self.student.parameters()) / 1e6:.2f}M params), "
+            f"modalities {self.student.config.modalities}"
+        )
+        pre = self.student.preprocessors()
+        self.rows = {name: Rows(split, pre) for name, split in self.data.splits.items()}
+        if r.data.label_fraction < 1.0:
+            kept = self.rows["train"].hide_labels(r.data.label_fraction, r.seed)
+            self.log(
+                f"data: the students see the labels of {kept} of {len(self.rows['train'])} train rows "
+                f"(data.label_fraction {r.data.label_fraction})"
+                + ("; the teachers trained here saw all of them" if self.trained_teachers else "")
+            )
+        self.timings["preprocess"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self.cached = self._teacher_cache()
+        self.timings["teacher_cache"] = time.perf_counter() - t0
+        self.criterion = self._criterion()
+        self.global_step = int(self.state.get("global_step", 0))
+
+    def new_student(self):
+        """A freshly initialised student (seeded), with the run's tokenizer."""
+        r = self.recipe
+        overrides = copy.deepcopy(r.student_overrides)
+        id2label = {str(k): v for k, v in self.data.id2label.items()}
+        student = create_student(
+            r.student, modalities=self.modalities, num_classes=self.num_classes, id2label=id2label, **overrides
+        )
+        if "text" in student.config.modalities:
+            student.set_tokenizer(self._tokenizer(student.config.text.vocab_size))
+        return student
+
+    def _tokenizer(self, vocab_size: int):
+        """The student's text tokenizer: trained on the train texts (saved once), or the text teacher's."""
+        if self.recipe.tokenizer == "teacher":
+            if "text" not in self.teacher_paths or not Path(self.teacher_paths["text"]).is_dir():
+                raise ValueError("tokenizer: teacher needs a text teacher given as a local folder.")
+            return load_tokenizer(tokenizer_folder(self.teacher_paths["text"]))
+        if self.recipe.tokenizer != "train":
+            return load_tokenizer(self.recipe.tokenizer)
+        folder = self.out / "checkpoints" / "tokenizer"
+        if self.is_main and not (folder / "tokenizer.json").exists():
+            split = self.data.splits["train"]
+            texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
+            tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+            tok.save_pretrained(str(folder))
+        self.accelerator.wait_for_everyone()
+        return load_tokenizer(folder)
+
+    def _teacher_cache(self) -> dict:
+        """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
+        train = self.rows["train"]
+        samples = SampleList(train)
+        fingerprint = self.data.fingerprint("train")
+        if self.recipe.data.max_train_samples:
+            fingerprint += f"-first{len(train)}"
+        caches = {}
+        for m, teacher in self.teachers.items():
+            layers = _cache_layers(teacher, self.recipe.losses.feature_layers.get(m))
+            caches[m] = TeacherCache(
+                self.out / "teacher_cache", teacher, samples, features=layers, dataset_fingerprint=fingerprint
+            )
+            if self.is_main and not caches[m].complete:
+                self.log(f"teacher cache: running teacher {m!r} over {len(samples)} train samples")
+                caches[m].precompute(batch_size=64, progress=self.progress)
+        self.accelerator.wait_for_everyone()
+        return {m: c.as_teacher() for m, c in caches.items()}
+
+    def _criterion(self):
+        r = self.recipe
+        ids = self.rows["train"].ids[: min(8, len(self.rows["train"]))]
+        specs = {}
+        for m, cached in self.cached.items():
+            out = cached.lookup(ids)
+            specs[m] = {
+                "modality": cached.modality,
+                "num_classes": cached.num_classes,
+                "features": {k: tuple(v.shape[1:]) for k, v in out.features.items() if "embeds" not in k},
+                "embeds": None if out.embeds is None else int(out.embeds.shape[-1]),
+                "similarity": cached.similarity_scale is not None,
+            }
+        torch.manual_seed(r.seed + 1)
+        return DistillationLoss(
+            self.student.config.embed_dim,
+            self.student.config.depth,
+            specs,
+            feature_layers=r.losses.feature_layers,
+            feature_loss=r.losses.feature_loss,
+            embedding_loss=r.losses.embedding_loss,
+            weights={k: getattr(r.losses, k) for k in ALIGNMENT_PARTS},
+            modality_weights=r.losses.modality_weights,
+            num_classes=self.num_classes,
+            fusion=r.losses.teacher_fusion,
+        )
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, student: nn.Module, split: str = "validation", limit: int | None = None) -> dict:
+        """Accuracy and CE of ``student`` on a split (sharded across processes, gathered for the metric)."""
+        rows = self.rows[split]
+        indices = list(range(len(rows) if limit is None else min(limit, len(rows))))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(rows, indices), batch_size=self.recipe.data.eval_batch_size,
+            collate_fn=collate_rows,
+        )  # fmt: skip
+        acc = self.accelerator
+        loader = prepare_data_loader(
+            loader, acc.device, num_processes=acc.num_processes, process_index=acc.process_index, split_batches=True
+        )
+        was_training = student.training
+        student.eval()
+        logits_all, labels_all = [], []
+        for batch in loader:
+            inputs, labels, _ = split_inputs(batch)
+            logits = student(**inputs)
+            logits, labels = acc.gather_for_metrics((logits.float(), labels))
+            logits_all.append(logits.cpu())
+            labels_all.append(labels.cpu())
+        student.train(was_training)
+        logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+        keep = labels != -100
+        logits, labels = logits[keep], labels[keep]
+        return {
+            "accuracy": float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan"),
+            "loss": float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan"),
+            "predictions": logits.argmax(-1),
+            "labels": labels,
+        }
+
+    def loss_scales(self, labels: torch.Tensor, teachers: dict) -> dict[str, float]:
+        """Weights that turn each process's per-row means into one mean over the global batch.
+
+        CE averages over the labelled rows, KD over the rows a teacher covers (plus labelled rows no teacher
+        covers). Their counts differ between the processes' halves of a batch (partial labels, missing
+        modalities), and DDP averages gradients with equal weights, so a plain mean of means would weight rows
+        unevenly. Scaling by n_local * P / n_global makes the averaged gradient that of the global mean.
+        """
+        acc = self.accelerator
+        labelled = labels != IGNORE_INDEX
+        covered = torch.zeros_like(labelled)
+        if teachers:
+            rows = self.criterion.teacher_log_probs(teachers, 1.0, labels.shape[0])[1]
+            if rows is not None:
+                covered = rows.to(labelled.device, torch.bool)
+        counts = torch.tensor([float(labelled.sum()), float((covered | labelled).sum())], device=acc.device)
+        total = acc.reduce(counts.clone(), "sum")
+        scale = torch.where(total > 0, counts * acc.num_processes / total.clamp(min=1.0), torch.ones_like(counts))
+        return {"ce": float(scale[0]), "kd": float(scale[1])}
+
+    def teachers_for(self, ids: list[str]) -> dict:
+        device = self.accelerator.device
+        return {m: c.lookup(ids).to(device) for m, c in self.cached.items()}
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def phase_dir(self, phase: str) -> Path:
+        return self.out / "checkpoints" / phase
+
+    def finish_phase(self, phase: str, student: nn.Module, summary: dict) -> None:
+        """Save the phase's result and mark it complete (a resumed run starts after it)."""
+        acc = self.accelerator
+        folder = self.phase_dir(phase) / "final"
+        if self.is_main:
+            student.save_pretrained(folder)
+            save_state_dict_atomic(self.criterion.state_dict(), folder / "criterion.safetensors")
+        acc.wait_for_everyone()
+        self.state["completed"][phase] = summary
+        self.state["global_step"] = self.global_step
+        self.save_state()
+        for old in self.phase_dir(phase).glob("step-*"):
+            if self.is_main:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def load_phase(self, phase: str) -> nn.Module:
+        folder = self.phase_dir(phase) / "final"
+        student = load_student(folder)
+        crit = folder / "criterion.safetensors"
+        if crit.exists():
+            self.criterion.load_state_dict(load_state_dict_checked(crit))
+        return student.train()
+
+    # -- one phase of training ----------------------------------------------------------------------------------
+
+    # -- the whole run ------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Baseline, stages, measurements; returns metrics.json's content."""
+        r = self.recipe
+        t_start = time.perf_counter()
+        stages = r.stages.active()
+        distill = [(n, s) for n, s in stages if n in DISTILL_STAGES]
+        train_size = len(self.rows["train"])
+        per_step = r.data.batch_size * r.train.gradient_accumulation_steps
+        offsets, budget = {}, 0
+        for name, s in distill:
+            offsets[name] = budget
+            budget += s.num_steps(max(int(train_size * s.data_fraction), 1), per_step)
+
+        # 1. the raw-student baseline: CE only, the same number of steps as the distillation stages together
+        if r.train.baseline and budget:
+            if "raw_student" in self.state["completed"]:
+                raw = self.load_phase("raw_student")
+            else:
+                torch.manual_seed(r.seed)
+                raw = self.new_student()  # same seed, same initial weights as the distilled student
+                lr = max(s.lr for _, s in distill)
+                base = Stage(steps=budget, lr=lr, warmup=distill[0][1].warmup)
+                base.weights.ce = 1.0
+                raw, summary = train_phase(self, "raw_student", base, raw, schedule=(0, budget))
+                self.finish_phase("raw_student", raw, summary)
+            self.raw_student = raw
+        # 2. the stages
+        student = self.student
+        last = last_float = None
+        controller = None
+        for name, stage in stages:
+            if name in self.state["completed"]:
+                last = name
+                last_float = name if name != "quant_finetune" else last_float
+                self.stage_log.append(self.state["completed"][name])
+                continue
+            if last is not None:
+                # hardware_adapt prunes a float student: it starts from the stage before quant_finetune
+                source = last_float if name == "hardware_adapt" and last == "quant_finetune" else last
+                student = self.load_phase(source)
+            t0 = time.perf_counter()
+            if name in DISTILL_STAGES:
+                controller = None
+                if name == "mixed_distill" and r.controller.enabled and stage.weights.adaptive > 0:
+                    c = r.controller
+                    controller = BanditController(c.arms, c.exploration, c.discount, seed=r.seed)
+                schedule = (offsets[name], budget)
+                student, summary = train_phase(self, name, stage, student, controller=controller, schedule=schedule)
+                if controller is not None:
+                    summary["controller"] = controller.state_dict()["trajectory"]
+            else:
+                student, summary = compression_stage(self, name, stage, student)
+            summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+            self.finish_phase(name, student, summary)
+            self.stage_log.append(summary)
+            last = name
+            last_float = name if name != "quant_finetune" else last_float
+            if name == DISTILL_STAGES[-1] or (
+                name in DISTILL_STAGES and not any(n == "mixed_distill" for n, _ in stages)
+            ):
+                self._save_distilled(student)
+        if last is not None and not (self.out / "model.safetensors").exists():
+            self._save_distilled(self.load_phase(last) if last in DISTILL_STAGES else student)
+        self.timings["train"] = time.perf_counter() - t_start
+        return measure(self)
+
+    def _save_distilled(self, student) -> None:
+        if self.is_main:
+            self.accelerator.unwrap_model(student).save_pretrained(self.out)
+        self.accelerator.wait_for_everyone()
+
+    # -- compression stages -------------------------------------------------------------------------------------
+
+    # -- measurements -------------------------------------------------------------------------------------------
+
+
+def _cache_layers(teacher, wanted: dict | None) -> list[str]:
+    """Teacher feature layers to cache: those the recipe maps, else the teacher's last one."""
+    layers = list(getattr(teacher, "feature_layers", []) or [])
+    layers = [n for n in layers if not n.endswith("embeds")]
+    if wanted:
+        return sorted(set(wanted.values()))
+    return layers[-1:]
+
+
+def _load_data(recipe: Recipe):
+    source = recipe.data.source
+    if source in (None, "quickstart"):
+        return zdata.quickstart(seed=recipe.seed)
+    return zdata.load(source, seed=recipe.seed)
+
+
+def _load_teachers(paths: dict[str, str], num_classes: int, id2label: dict, log) -> dict:
+    """Load each teacher (``zoo.teachers.load_teacher``) and check it predicts the data's classes."""
+    teachers = {}
+    for modality, path in paths.items():
+        t = load_teacher(path, modality=modality)
+        if t.num_classes is not None and t.num_classes != num_classes:
+            raise ValueError(
+                f"teacher {modality}={path} predicts {t.num_classes} classes; the data has {num_classes}. "
+                "Fine-tune the teacher on these labels first, or pass an encoder (its embeddings are distilled)."
+            )
+        if t.id2label and {int(k): str(v) for k, v in t.id2label.items()} != {
+            int(k): str(v) for k, v in id2label.items()
+        }:
+            log(f"warning: teacher {modality} labels {t.id2label} differ from the data's {id2label}; order must match")
+        teachers[modality] = t
+        log(f"teacher {modality}: {t.name} ({sum(p.numel() for p in t.parameters()) / 1e6:.2f}M params)")
+    return teachers
+
+
+# ------------------------------------------------------------------------------------------------ compression
+
+
+# -------------------------------------------------------------------------------------------------------- API
+def distill(
+    recipe: str | Recipe = "quickstart",
+    out_dir: str | os.PathLike | None = None,
+    *,
+    data=None,
+    data_source: str | None = None,
+    teachers: dict[str, str] | None = None,
+    student: str | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run a recipe end to end and return metrics.json's content (see the module docstring).
+
+    Args:
+        recipe: a bundled recipe name, a YAML path or a ``Recipe``.
+        out_dir: output folder (default ``runs/<recipe name>``).
+        data: an already loaded ``zoo.data`` dataset (overrides ``data_source`` and the recipe's).
+        data_source: a ``zoo.data.load`` source (CSV, folder, ...); default: the recipe's (quickstart).
+        teachers: modality -> teacher path or hub id; default: the recipe's, else teachers trained here.
+        student: a registered student architecture (overrides the recipe's).
+        overrides: ``key=value`` recipe overrides.
+        resume: continue the run in ``out_dir`` from its last checkpoint.
+        stop_after_steps: stop (after a checkpoint) once this many optimizer steps ran in this call.
+    """
+    extra = list(overrides or [])
+    if student:
+        extra.append(f"student={student}")
+    if data_source:
+        extra.append(f"data.source={data_source}")
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, extra)
+    if isinstance(recipe, Recipe) and extra:
+        r = recipe_from_dict(apply_overrides(recipe.to_dict(), extra), "recipe (with overrides)")
+    out = Path(out_dir) if out_dir is not None else Path("runs") / r.name
+    run = Run(r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
+    run.setup(data=data, teachers=teachers or None)
+    return run.run()
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+# ---------------------------------------------------------------------------------------- teachers trained here
