@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = [
     "zoo.registry",
     "zoo.distill",
+    "zoo.commands.teacher",
     "zoo.data",
     "zoo.finetune",
     "zoo.cards",
@@ -40,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:  # user errors: one clear line, no traceback
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        KeyError,
+        TypeError,
+    ) as e:  # user errors: one clear line, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -206,12 +206,14 @@ class Run:
         resume: bool = False,
         stop_after_steps: int | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ):
         from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
         self.recipe = recipe
         self.out = Path(out_dir)
         self.resume = resume
+        self.overwrite = overwrite
         env_stop = os.environ.get(STOP_ENV)
         self.stop_after = stop_after_steps if stop_after_steps is not None else (int(env_stop) if env_stop else None)
         self.steps_this_session = 0
@@ -270,6 +272,11 @@ class Run:
         elif self.is_main:
             if self.resume:
                 self.log(f"--resume: {state_path} does not exist; starting a new run")
+            elif state_path.exists() and not self.overwrite:
+                raise FileExistsError(
+                    f"{self.out} holds a zoo distill run ({STATE_NAME}); pass --resume to continue it, --overwrite to "
+                    "replace it, or choose another --out."
+                )
             for name in (STATE_NAME, JSONL_NAME, "metrics.json", "run.log"):
                 (self.out / name).unlink(missing_ok=True)
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
@@ -303,6 +310,13 @@ class Run:
         )
         if r.data.max_train_samples and len(self.data.splits["train"]) > r.data.max_train_samples:
             self.data.splits["train"] = self.data.splits["train"].select(range(r.data.max_train_samples))
+        self.labelled_rows = len(self.data.splits["train"])
+        if r.data.unlabeled:
+            from zoo import data as zdata
+
+            extra = zdata.load_unlabeled(r.data.unlabeled, self.data, max_rows=r.data.max_unlabeled)
+            self.data = zdata.with_unlabeled(self.data, extra)
+            self.log(f"data: {len(extra)} unlabeled rows from {r.data.unlabeled} join train (the teachers label them)")
         self.modalities = list(self.data.modalities)
         self.num_classes = self.data.num_labels
         self.timings["data"] = time.perf_counter() - t0
@@ -572,6 +586,8 @@ class Run:
         n_use = max(int(len(train) * stage.data_fraction), 1)
         g = torch.Generator().manual_seed(r.seed + 17)
         subset = sorted(torch.randperm(len(train), generator=g)[:n_use].tolist()) if n_use < len(train) else None
+        if phase == "raw_student" and self.labelled_rows < len(train):  # unlabeled rows teach nothing without KD
+            subset = list(range(self.labelled_rows))
         dataset = torch.utils.data.Subset(train, subset) if subset is not None else train
         batch_size = min(r.data.batch_size, len(dataset))
         steps = stage.num_steps(len(dataset), batch_size * r.train.gradient_accumulation_steps)
@@ -1272,6 +1288,8 @@ def distill(
     resume: bool = False,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    unlabeled: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run a recipe end to end and return metrics.json's content (see the module docstring).
 
@@ -1285,19 +1303,23 @@ def distill(
         overrides: ``key=value`` recipe overrides.
         resume: continue the run in ``out_dir`` from its last checkpoint.
         stop_after_steps: stop (after a checkpoint) once this many optimizer steps ran in this call.
+        unlabeled: a table of rows without labels (``data.unlabeled``): the teachers label them for KD.
+        overwrite: start a new run in an ``out_dir`` that holds one (without it, that is an error).
     """
     extra = list(overrides or [])
     if student:
         extra.append(f"student={student}")
     if data_source:
         extra.append(f"data.source={data_source}")
+    if unlabeled:
+        extra.append(f"data.unlabeled={unlabeled}")
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, extra)
     if isinstance(recipe, Recipe) and extra:
         from zoo.recipe import apply_overrides, recipe_from_dict
 
         r = recipe_from_dict(apply_overrides(recipe.to_dict(), extra), "recipe (with overrides)")
     out = Path(out_dir) if out_dir is not None else Path("runs") / r.name
-    run = Run(r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
+    run = Run(r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress, overwrite=overwrite)
     run.setup(data=data, teachers=teachers or None)
     return run.run()
 
@@ -1364,6 +1386,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             overrides=overrides,
             resume=args.resume,
             progress=not args.no_progress,
+            unlabeled=args.unlabeled,
+            overwrite=args.overwrite,
         )
     except StopRun as e:
         print(f"zoo distill: {e}", file=sys.stderr)
@@ -1391,9 +1415,11 @@ def add_cli(sub) -> None:
     p.add_argument("items", nargs="*", metavar="RECIPE|key=value", help="recipe name or YAML file, then overrides")
     p.add_argument("--data", default=None, help="dataset: CSV / JSONL / folder / hub id (default: the recipe's)")
     p.add_argument("--teacher", action="append", metavar="MODALITY=PATH_OR_ID", help="a teacher per modality")
+    p.add_argument("--unlabeled", default=None, metavar="SOURCE", help="rows without labels: the teachers label them")
     p.add_argument("--student", default=None, help="registered student architecture (e.g. hybrid_tiny)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run --out holds (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown when not on a terminal)")
     p.set_defaults(func=_cmd_distill)
     e = sub.add_parser("eval", help="measure a saved student on a dataset's test split")

@@ -1,0 +1,1 @@
+"""One module per ``zoo`` verb; each defines ``add_cli(subparsers)`` (see ``zoo.cli``)."""
