@@ -169,6 +169,89 @@ class TextStem(nn.Module):
         return x, (1, length), valid
 
 
+# ------------------------------------------------------------------------------- a teacher's vocabulary, trimmed
+def trim_tokenizer(tokenizer, corpus: Iterable[str]):
+    """The teacher's WordPiece tokenizer cut down to the tokens ``corpus`` uses, plus every single character.
+
+    As model2vec does: a BERT tokenizer has 30k tokens, and at a student width of 128 their embedding rows alone
+    are 3.9M parameters, most of them for tokens the user's data never holds. Tokens the corpus produces are kept
+    (so the corpus tokenizes exactly as before: WordPiece takes the longest piece in the vocabulary, which the
+    trimmed one still holds), and so is every one-character piece, so an unseen word still splits into pieces
+    rather than ``[UNK]``. Returns ``(tokenizer, kept)``: a ``PreTrainedTokenizerFast`` and, for each new id, the
+    teacher's id it came from (to inherit that row of the teacher's embedding).
+    """
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec.get("model", {}).get("type") != "WordPiece":
+        raise ValueError(
+            f"trim_tokenizer: only WordPiece tokenizers can be trimmed; this one is {spec['model']['type']}."
+        )
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    used = set(tokenizer.all_special_ids)
+    texts = [t for t in corpus if isinstance(t, str) and t.strip()]
+    for i in range(0, len(texts), 1024):
+        for ids in tokenizer(texts[i : i + 1024], add_special_tokens=True)["input_ids"]:
+            used.update(ids)
+    chars = {i for t, i in vocab.items() if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
+    kept = sorted(used | chars)
+    by_id = {i: t for t, i in vocab.items()}
+    new_vocab = {by_id[old]: new for new, old in enumerate(kept)}
+    spec["model"]["vocab"] = new_vocab
+    for tok in spec.get("added_tokens") or []:
+        tok["id"] = new_vocab[tok["content"]]
+    post = spec.get("post_processor") or {}
+    for entry in (post.get("special_tokens") or {}).values():  # TemplateProcessing
+        entry["ids"] = [new_vocab[t] for t in entry["tokens"]]
+    for key in ("cls", "sep"):  # BertProcessing: [token, id]
+        if isinstance(post.get(key), list):
+            post[key] = [post[key][0], new_vocab[post[key][0]]]
+    backend = Tokenizer.from_str(json.dumps(spec))
+    specials = {k: getattr(tokenizer, k) for k in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token")}
+    trimmed = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=tokenizer.model_max_length,
+        **{k: v for k, v in specials.items() if v is not None},
+    )
+    return trimmed, kept
+
+
+def teacher_token_embeddings(model, kept: Sequence[int], batch_size: int = 512) -> torch.Tensor:
+    """One vector per kept token: the teacher's output for ``[CLS] token [SEP]``, at the token (model2vec's way).
+
+    A token's row of the teacher's input embedding knows little; its contextual output, run alone, carries what the
+    whole encoder makes of it. ``model`` is a transformers encoder or ``*ForSequenceClassification`` (its base).
+    Returns (len(kept), hidden_size).
+    """
+    base = getattr(model, "base_model", model)
+    cls_id = getattr(model.config, "cls_token_id", None) or 101
+    sep_id = getattr(model.config, "sep_token_id", None) or 102
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(kept), batch_size):
+            ids = torch.tensor(kept[i : i + batch_size]).unsqueeze(1)
+            x = torch.cat([torch.full_like(ids, cls_id), ids, torch.full_like(ids, sep_id)], dim=1)  # (B, 3)
+            out.append(base(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[:, 1])
+    return torch.cat(out)
+
+
+def pca_project(vectors: torch.Tensor, dim: int, std: float = 0.02) -> torch.Tensor:
+    """``vectors`` (N, H) -> (N, dim) on their top principal components, scaled to an overall ``std``.
+
+    The student's embedding then starts from the teacher's token geometry at the student's width (TinyCLIP's and
+    model2vec's weight inheritance, with PCA in place of a learned projection).
+    """
+    x = vectors.double() - vectors.double().mean(0, keepdim=True)
+    dim = min(dim, x.shape[1], x.shape[0])
+    _, _, v = torch.linalg.svd(x, full_matrices=False)  # (H, H) rows are components, largest first
+    y = x @ v[:dim].T  # (N, dim)
+    y = y / y.std().clamp_min(1e-8) * std  # default: the std of a fresh embedding (0.02)
+    return y.float()
+
+
 def example_text(config: TextConfig, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Random token ids filling the whole length (no tokenizer needed), all samples carrying text."""
     low = min(5, config.vocab_size - 1)  # skip the special tokens of our WordPiece tokenizers

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from zoo.recipe import TeacherTraining
 from zoo.teachers.train import build_teacher
 from zoo.train import DistillModule, StopRun, distill
-from zoo.recipe import TeacherTraining
 
 TINY = [
     "student=hybrid_test",
@@ -168,7 +168,6 @@ def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypat
     """A compression step that wrecks the student is undone, retried with milder settings, and logged; unless the
     stage's own accuracy_tolerance (over the run-wide one) allows the drop."""
     import copy
-
     import dataclasses
 
     from zoo.compress import stages

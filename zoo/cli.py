@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:  # user errors: one clear line, no traceback
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        KeyError,
+        TypeError,
+    ) as e:  # user errors: one clear line, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -428,6 +428,104 @@ def load(
     return loader.build(parts, base_dir, f"{source} ({kind})", val_fraction, test_fraction, seed)
 
 
+def load_unlabeled(
+    source: str | os.PathLike,
+    data: Data,
+    *,
+    text_column: str = "text",
+    image_column: str = "image",
+    audio_column: str = "audio",
+    max_rows: int | None = None,
+) -> Split:
+    """Rows without labels for distillation (``zoo distill --unlabeled SOURCE``): the teacher labels them.
+
+    ``source`` is a table file (or a folder of files) with the same modality columns as ``data``; a label column,
+    if any, is ignored. Rows are checked like labelled ones (empty text, missing files); a bad row is an error that
+    names the file and row. Returns a train-like split (ids ``unlabeled:<row>``, labels None) to join to train.
+    """
+    import datasets
+
+    with _quiet_datasets():
+        parts, base_dir, _ = _read_source(source)
+    decoder = FileDecoder(base_dir)
+    names = {"text": text_column, "image": image_column, "audio": audio_column}
+    wanted = [m for m in data.modalities]
+    table: dict[str, list] = {"id": [], "label": [], **{m: [] for m in wanted}, "_file": [], "_row": []}
+    problems = []
+    for _, ds, file in parts:
+        ds = _undecoded(ds)
+        cols = {m: c for m, c in names.items() if c in ds.column_names and m in wanted}
+        if not cols:
+            raise DataError(
+                f"{file}: unlabeled rows need a column for one of the data's modalities {wanted} "
+                f"(looked for {[names[m] for m in wanted]})."
+            )
+        values = {m: ds.data.column(c).to_pylist() for m, c in cols.items()}
+        for i in range(len(ds)):
+            row = {m: values[m][i] if m in values else None for m in wanted}
+            if all(v is None or v == "" for v in row.values()):
+                problems.append(f"{file} row {i}: no {' / '.join(cols.values())} value")
+                continue
+            text = row.get("text")
+            if text is not None and (not isinstance(text, str) or not text.strip()):
+                problems.append(f"{file} row {i}, column '{cols['text']}': empty text")
+                continue
+            table["id"].append(f"unlabeled:{len(table['id'])}")
+            table["label"].append(None)
+            for m in wanted:
+                table[m].append(row[m])
+            table["_file"].append(file)
+            table["_row"].append(i)
+            if max_rows is not None and len(table["id"]) >= max_rows:
+                break
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+        raise DataError(f"{source}: {len(problems)} problem(s) in the unlabeled rows:\n  {listed}")
+    if not table["id"]:
+        raise DataError(f"{source}: no unlabeled rows.")
+    features = {"id": datasets.Value("string"), "label": datasets.Value("int64")}
+    features.update({m: data.splits["train"].dataset.features.get(m, datasets.Value("string")) for m in wanted})
+    features.update({"_file": datasets.Value("string"), "_row": datasets.Value("int64")})
+    return Split("train", datasets.Dataset.from_dict(table, features=datasets.Features(features)), decoder)
+
+
+def with_unlabeled(data: Data, unlabeled: Split) -> Data:
+    """``data`` whose train split is followed by ``unlabeled``'s rows (labels None: KD only, no CE)."""
+    import datasets
+
+    train = data.splits["train"]
+    columns = train.dataset.column_names
+    extra = unlabeled.dataset.select_columns([c for c in columns if c in unlabeled.dataset.column_names])
+    for c in columns:
+        if c not in extra.column_names:
+            extra = extra.add_column(c, [None] * len(extra))
+    extra = extra.cast(train.dataset.features)
+    joined = datasets.concatenate_datasets([train.dataset, extra.select_columns(columns)])
+    decoders = _JoinedDecoder(train.decoder, unlabeled.decoder, len(train))
+    splits = {**data.splits, "train": Split("train", joined, decoders)}
+    out = Data(splits, data.id2label, data.report, data.source)
+    out.unlabeled_rows = len(extra)
+    return out
+
+
+class _JoinedDecoder:
+    """Decodes labelled rows with their decoder and unlabeled rows (files relative to their own file) with theirs."""
+
+    def __init__(self, labelled, unlabeled, n_labelled: int):
+        self.labelled, self.unlabeled = labelled, unlabeled
+        self.fingerprint_extra = f"{getattr(labelled, 'fingerprint_extra', '')}+unlabeled"
+
+    def __call__(self, row: dict) -> dict:
+        dec = self.unlabeled if str(row["id"]).startswith("unlabeled:") else self.labelled
+        return dec(row)
+
+    def media_digest(self, value):
+        try:
+            return self.labelled.media_digest(value)
+        except (FileNotFoundError, DataError):  # a path relative to the unlabeled file's folder
+            return self.unlabeled.media_digest(value)
+
+
 def quickstart(
     train_size: int = 1500,
     validation_size: int = 300,

@@ -230,6 +230,8 @@ class DataSettings:
     """
 
     source: str | None = None
+    unlabeled: str | None = None  # a table of rows without labels: the teachers label them (KD only)
+    max_unlabeled: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
     max_train_samples: int | None = None

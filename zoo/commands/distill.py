@@ -36,6 +36,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             overrides=overrides,
             resume=args.resume,
             progress=not args.no_progress,
+            unlabeled=args.unlabeled,
+            overwrite=args.overwrite,
         )
     except StopRun as e:
         print(f"zoo distill: {e}", file=sys.stderr)
@@ -54,8 +56,10 @@ def add_cli(sub) -> None:
     p.add_argument("items", nargs="*", metavar="RECIPE|key=value", help="recipe name or YAML file, then overrides")
     p.add_argument("--data", default=None, help="dataset: CSV / JSONL / folder / hub id (default: the recipe's)")
     p.add_argument("--teacher", action="append", metavar="MODALITY=PATH_OR_ID", help="a teacher per modality")
+    p.add_argument("--unlabeled", default=None, metavar="SOURCE", help="rows without labels: the teachers label them")
     p.add_argument("--student", default=None, help="registered student architecture (e.g. hybrid_tiny)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run --out holds (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown when not on a terminal)")
     p.set_defaults(func=_cmd_distill)

@@ -39,13 +39,14 @@ def train_phase(
     reference: nn.Module | None = None,
     weights: dict | None = None,
     schedule: tuple[int, int] | None = None,
+    rows: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train ``student`` for one stage of ``run`` (a ``zoo.train.run.Run``); resumes from the phase's latest
-    checkpoint. ``schedule`` = (offset, total): this phase is steps offset.. of one warmup + cosine schedule.
-    Returns (student, summary)."""
+    checkpoint. ``schedule`` = (offset, total): this phase is steps offset.. of one warmup + cosine schedule;
+    ``rows``: train on the first ``rows`` train rows only (the labelled ones). Returns (student, summary)."""
     r, acc = run.recipe, run.accelerator
     weights = weights or stage.weights.as_dict()
-    dataset = _stage_subset(run.rows["train"], stage.data_fraction, r.seed)
+    dataset = _stage_subset(run.rows["train"], stage.data_fraction, r.seed, rows)
     batch_size = min(r.data.batch_size, len(dataset))
     steps = stage.num_steps(len(dataset), batch_size * r.train.gradient_accumulation_steps)
     summary = {"name": phase, "steps": steps, "lr": stage.lr, "weights": weights, "rollbacks": []}
@@ -176,8 +177,10 @@ def train_phase(
     return student, summary
 
 
-def _stage_subset(train, fraction: float, seed: int):
-    """A stage's seeded share of the train rows (all of them at 1.0)."""
+def _stage_subset(train, fraction: float, seed: int, first: int | None = None):
+    """A stage's seeded share of the train rows (all of them at 1.0), or the ``first`` rows when given."""
+    if first is not None and first < len(train):
+        return torch.utils.data.Subset(train, list(range(first)))
     n_use = max(int(len(train) * fraction), 1)
     if n_use >= len(train):
         return train

