@@ -191,8 +191,10 @@ def test_accuracy_guard_rolls_back(tiny_data, tiny_teachers, tmp_path, monkeypat
     metrics = distill("quickstart", tmp_path / "g", data=tiny_data, teachers=tiny_teachers, overrides=ov,
                       progress=False)  # fmt: skip
     prune = next(s for s in metrics["run"]["stages"] if s["name"] == "prune")
-    if prune["val_accuracy_before"] <= 0.1:
-        pytest.skip("the tiny student is at chance; a zeroed head cannot lose accuracy")
+    # a zeroed head answers class 0 everywhere: right on class 0's share of the rows
+    zeroed = float((tiny_data["validation"].labels == 0).mean())
+    if prune["val_accuracy_before"] <= max(zeroed, 0.1):
+        pytest.skip("the tiny student is no better than a zeroed head; the wreck cannot lose accuracy")
     if stage_tolerance is not None:
         assert prune["status"] == "done" and tried == [0.65] and "pruned" in metrics["models"]
         return

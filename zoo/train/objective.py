@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from zoo.losses import ALIGNMENT_PARTS, ce_loss, kd_loss, logit_gradient_penalty, token_validity
+from zoo import losses
 from zoo.registry import LOSS_TERMS, register_loss_term  # noqa: F401  (re-exported for term authors)
 
 
@@ -73,7 +73,7 @@ class CrossEntropy(LossTerm):
     key = "ce"
 
     def __call__(self, step: Step) -> torch.Tensor:
-        return ce_loss(step.logits, step.labels) * step.scales.get("ce", 1.0)
+        return losses.ce_loss(step.logits, step.labels) * step.scales.get("ce", 1.0)
 
 
 @register_loss_term
@@ -111,9 +111,9 @@ class Adaptive(LossTerm):
         if step.intermediates:
             mods = list(step.student.config.modalities)
             grids = {m: step.student.token_grid(m) for m in mods}
-            valid = token_validity(step.inputs, mods)
+            valid = losses.token_validity(step.inputs, mods)
             parts = step.criterion.alignment(step.intermediates, grids, valid, step.teachers, step.temperature)
-        parts = {k: parts.get(k, zero) for k in ALIGNMENT_PARTS}
+        parts = {k: parts.get(k, zero) for k in losses.ALIGNMENT_PARTS}
         step.terms.update(parts)
         return step.criterion.distillation_term({"kd": step.terms.get("kd"), **parts})
 
@@ -128,7 +128,7 @@ class _FromReference(LossTerm):
         for key in ("quant", "reference"):  # computed once, logged under each name it has
             if key in step.terms:
                 return step.terms[key]
-        return kd_loss(step.logits, step.reference_logits, step.temperature)
+        return losses.kd_loss(step.logits, step.reference_logits, step.temperature)
 
 
 @register_loss_term
@@ -152,7 +152,7 @@ class GradientPenalty(LossTerm):
         return step.weight(self.key) > 0 and "kd" in step.terms and torch.is_grad_enabled()
 
     def __call__(self, step: Step) -> torch.Tensor:
-        return logit_gradient_penalty(step.terms["kd"], step.logits)
+        return losses.logit_gradient_penalty(step.terms["kd"], step.logits)
 
 
 def uses_teacher(weights: dict[str, float]) -> bool:
