@@ -26,7 +26,7 @@ import numpy as np
 
 QUICKSTART_VERSION = 1
 SPLITS = ("train", "validation", "test")
-MODALITIES = ("text", "image", "audio")
+MODALITIES = ("text", "image", "audio")  # the modalities the bundled data set carries (not the registry: its own data)
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s windows, the audio students' default clip length
 
