@@ -358,40 +358,110 @@ class Run:
         self.criterion = self._criterion()
         self.global_step = int(self.state.get("global_step", 0))
 
-    def _new_student(self):
-        """A freshly initialised student (seeded), with the run's tokenizer."""
+    def _new_student(self, inherit: bool = True):
+        """A freshly initialised student (seeded), with the run's tokenizer; ``student_init: teacher`` (and
+        ``inherit``) starts its token embeddings from the text teacher's."""
         from zoo.registry import create_student
 
         r = self.recipe
         overrides = copy.deepcopy(r.student_overrides)
         id2label = {str(k): v for k, v in self.data.id2label.items()}
+        kwargs = {}
+        if "text" in self.modalities and self._tokenizer_kind() != "train":
+            # a given tokenizer sizes the embedding (as create_student does); a smaller vocab_size cannot hold it
+            tokenizer, kept = self._tokenizer(0)
+            kwargs["tokenizer"] = tokenizer
+            text = dict(overrides.get("text") or {})
+            if text.pop("vocab_size", None) is not None:
+                overrides["text"] = text
         student = create_student(
-            r.student, modalities=self.modalities, num_classes=self.num_classes, id2label=id2label, **overrides
+            r.student,
+            modalities=self.modalities,
+            num_classes=self.num_classes,
+            id2label=id2label,
+            **overrides,
+            **kwargs,
         )
-        if "text" in student.config.modalities:
-            student.set_tokenizer(self._tokenizer(student.config.text.vocab_size))
+        if "text" in student.config.modalities and "tokenizer" not in kwargs:
+            student.set_tokenizer(self._tokenizer(student.config.text.vocab_size)[0])
+        elif "text" in student.config.modalities and inherit and r.student_init == "teacher":
+            self._inherit_token_embeddings(student, kept)
         return student
 
-    def _tokenizer(self, vocab_size: int):
-        """The student's text tokenizer: trained on the train texts (saved once), or the text teacher's."""
-        from zoo.modalities.text import load_tokenizer, train_wordpiece_tokenizer
+    def _inherit_token_embeddings(self, student, kept: list[int] | None) -> None:
+        """Token embeddings from the text teacher: its output for each token alone, PCA to the student's width."""
+        from zoo.modalities.text import pca_project, teacher_token_embeddings
 
-        if self.recipe.tokenizer == "teacher":
+        teacher = self.teachers.get("text")
+        models = list(getattr(teacher, "folds", None) or [teacher])  # a cross-fitted teacher: its first fold
+        model = getattr(models[0], "model", None)
+        if model is None or not hasattr(model, "config") or kept is None:
+            self.log("student_init: teacher needs a transformers text teacher and its tokenizer; starting from random")
+            return
+        tok = student.tokenizer  # trimmed: its ids index ``kept``, the teacher's ids
+        rows = teacher_token_embeddings(model, kept, kept[tok.cls_token_id], kept[tok.sep_token_id])  # (V, H)
+        stem = student.stems["text"]
+        with torch.no_grad():
+            stem.embed.weight[: len(kept)] = pca_project(rows, stem.embed.weight.shape[1])
+        self.log(
+            f"student_init: {len(kept)} token embeddings from the text teacher ({rows.shape[1]} -> "
+            f"{stem.embed.weight.shape[1]} by PCA)"
+        )
+
+    def _tokenizer_kind(self) -> str:
+        """``tokenizer: auto`` is the text teacher's when it is a local folder with a tokenizer, else ``train``."""
+        kind = self.recipe.tokenizer
+        if kind != "auto":
+            return kind
+        path = self.teacher_paths.get("text")
+        if path and Path(path).is_dir():
+            from zoo.teachers.crossfit import tokenizer_folder
+
+            folder = tokenizer_folder(path)
+            if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+                return "teacher"
+        return "train"
+
+    def _tokenizer(self, vocab_size: int):
+        """The student's text tokenizer and, for a trimmed teacher tokenizer, the teacher id of each of its tokens.
+
+        ``tokenizer: train``: a WordPiece trained on the train texts; ``teacher``: the text teacher's, trimmed to the
+        tokens the train texts use (``trim_vocabulary``); else a tokenizer folder. Made once and saved in the run.
+        """
+        from zoo.modalities.text import load_tokenizer, train_wordpiece_tokenizer, trim_tokenizer
+
+        r = self.recipe
+        split = self.data.splits["train"]
+        folder = self.out / "checkpoints" / "tokenizer"
+        if self._tokenizer_kind() == "teacher":
             if "text" not in self.teacher_paths or not Path(self.teacher_paths["text"]).is_dir():
                 raise ValueError("tokenizer: teacher needs a text teacher given as a local folder.")
             from zoo.teachers.crossfit import tokenizer_folder
 
-            return load_tokenizer(tokenizer_folder(self.teacher_paths["text"]))
-        if self.recipe.tokenizer != "train":
-            return load_tokenizer(self.recipe.tokenizer)
-        folder = self.out / "checkpoints" / "tokenizer"
-        if self.is_main and not (folder / "tokenizer.json").exists():
-            split = self.data.splits["train"]
+            source = tokenizer_folder(self.teacher_paths["text"])
+        elif self._tokenizer_kind() != "train":
+            source = Path(r.tokenizer)
+        else:
+            if self.is_main and not (folder / "tokenizer.json").exists():
+                texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
+                tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+                tok.save_pretrained(str(folder))
+            self.accelerator.wait_for_everyone()
+            return load_tokenizer(folder), None
+        from zoo.io import atomic_write_json
+
+        full = load_tokenizer(source)
+        if not r.trim_vocabulary or type(full.backend_tokenizer.model).__name__ != "WordPiece":
+            return full, None
+        kept_file = folder / "teacher_token_ids.json"
+        if self.is_main and not kept_file.exists():
             texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
-            tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+            tok, kept = trim_tokenizer(full, texts)
             tok.save_pretrained(str(folder))
+            atomic_write_json(kept_file, kept)
+            self.log(f"tokenizer: the teacher's {len(full)} tokens trimmed to the {len(tok)} the train texts use")
         self.accelerator.wait_for_everyone()
-        return load_tokenizer(folder)
+        return load_tokenizer(folder), json.loads(kept_file.read_text())
 
     def _teacher_cache(self) -> dict:
         """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
@@ -778,7 +848,9 @@ class Run:
                 raw = self._load_phase("raw_student")
             else:
                 torch.manual_seed(r.seed)
-                raw = self._new_student()  # same seed, same initial weights as the distilled student
+                # same seed, same initial weights as the distilled student, except what student_init takes from
+                # the teacher: the baseline learns without any teacher
+                raw = self._new_student(inherit=False)
                 lr = max(s.lr for _, s in distill)
                 base = Stage(steps=budget, lr=lr, warmup=distill[0][1].warmup)
                 base.weights.ce = 1.0
@@ -1367,14 +1439,16 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     if os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(1)  # these machines share one core between two vCPUs: more threads only stall
-    recipe, overrides = "quickstart", []
+    recipe, overrides = None, []
     for item in args.items:
         if "=" in item:
             overrides.append(item)
-        elif recipe == "quickstart" and not overrides:
+        elif recipe is None and not overrides:
             recipe = item
         else:
             raise ValueError(f"unexpected argument {item!r}: give the recipe first, then key=value overrides.")
+    # the offline demo without data; your data gets the recipe made for it (every label, epochs sized to the data)
+    recipe = recipe or ("user" if args.data and args.data != "quickstart" else "quickstart")
     t0 = time.perf_counter()
     try:
         distill(

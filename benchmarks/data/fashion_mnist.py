@@ -196,8 +196,9 @@ def efficientnet_lite0_timm_folder(dst: Path, image_size: int = 128) -> Path:
 
     ``dst`` holds what ``timm.models.save_for_hf(..., safe_serialization=True)`` writes (config.json with the
     preprocessing, model.safetensors) and loads with ``zoo.teachers.load_teacher(dst)``. ``image_size`` 128 by
-    default (ImageNet's is 224): a training step costs 3.7x less (2.9 s vs 10.7 s a batch of 32 at one thread)
-    on 28x28 images that have no detail to lose at 128 px.
+    default (ImageNet's is 224): a training step costs 3.7x less (2.9 s vs 10.7 s a batch of 32 at one thread),
+    and 28x28 images are already upscaled 4.6x at 128 px. Measured at 128 px, frozen features + logistic regression
+    (1500 train rows) reach 83.6% validation accuracy with timm's centre crop 0.875 and with no crop alike.
     """
     import timm
 
