@@ -330,6 +330,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import zoo
     from zoo import data as zdata
+    from zoo.distill import distill
     from zoo.export import onnx_feed, onnx_session
     from zoo.teachers import load_teacher
 
@@ -395,7 +396,7 @@ def main(argv=None) -> int:
     out = Path(a.out) if a.out else cache / f"distill-{a.recipe}"
     if not a.skip_distill:
         overrides = list(a.overrides)
-        zoo.distill(
+        distill(
             a.recipe,
             out,
             data=data,
