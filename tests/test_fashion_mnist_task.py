@@ -28,6 +28,7 @@ def test_missing_package_says_how_to_install(tmp_path):
     assert not (tmp_path / "task").exists()
 
 
+@pytest.mark.slow  # reads the 60k set twice: about 10-18 s here
 @needs_debian
 def test_build_folder_is_a_stratified_task_zoo_loads_and_reuses(tmp_path):
     from zoo import data as zdata
