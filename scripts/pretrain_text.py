@@ -17,7 +17,7 @@ The result is written with ``save_pretrained`` (config.json + model.safetensors 
 ``pretraining.json`` of every setting and the held-out agreement. ``zoo finetune hybrid-tiny-text --data ...``
 replaces the ``embedding`` head with one sized to the task's labels.
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_text.py --out model_cards/hybrid-tiny-text/weights
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_text.py --out model_cards/hybrid-tiny-text
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -219,7 +218,8 @@ def main(argv=None) -> int:
         if (s + 1) % 200 == 0 or s + 1 == steps:
             rate = (s + 1) / (time.perf_counter() - t0)
             log(
-                f"step {s + 1}/{steps} loss {loss.item():.4f} agreement {agreement():.4f} eta {(steps - s - 1) / rate:.0f}s"
+                f"step {s + 1}/{steps} loss {loss.item():.4f} agreement {agreement():.4f} "
+                f"eta {(steps - s - 1) / rate:.0f}s"
             )
     final = agreement()
     out_dir = Path(a.out)
