@@ -249,6 +249,10 @@ def test_cli_distill_on_a_user_csv_then_eval(tmp_path):
     assert {"teacher", "raw_student", "distilled"} <= set(metrics["models"])
     for f in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "training_curves.png"):
         assert (out / f).exists(), f
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # the dataset as the user named it: the CSV's path
+    assert card.data.eval_results[0].dataset_name == str(csv) and "(csv)" not in card.text
     # the quickstart recipe cross-fits its teachers: two folds, each a loadable teacher folder
     assert (out / "teachers" / "text" / "crossfit.json").exists()
     assert all((out / "teachers" / "text" / f"fold-{k}" / "model.safetensors").exists() for k in range(2))

@@ -122,7 +122,12 @@ def measure(run) -> dict:
     section = {
         "recipe": r.name,
         "recipe_settings": r.to_dict(),
-        "dataset": {"name": run.data.source, "splits": {k: len(v) for k, v in run.data.splits.items()}},
+        # id: the source as the user gave it, a hub id or a path (the card's dataset); none for a Data object
+        "dataset": {
+            "name": run.data.source,
+            "id": r.data.source,
+            "splits": {k: len(v) for k, v in run.data.splits.items()},
+        },
         "split": split,
         "student": r.student,
         "teachers": {m: str(p) for m, p in run.teacher_paths.items()},
