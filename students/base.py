@@ -24,8 +24,10 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from zoo.auto import MODEL_TYPE  # config.json's model_type: transformers' AutoConfig / AutoModel find students by it
+from zoo.cards import build_card
 from zoo.compress.quant import apply_quantization_scheme
-from zoo.io import load_state_dict_checked, replace_folder_contents, resolve_model_folder, save_state_dict_atomic
+from zoo.hub import resolve_model_folder
+from zoo.io import load_state_dict_checked, replace_folder_contents, save_state_dict_atomic
 from zoo.modalities import MODALITIES, collate, input_keys, load_tokenizer
 from zoo.registry import model_class
 
@@ -195,8 +197,6 @@ class Student(
         run_folder = self._run_folder()
         if run_folder is None:
             return super().generate_model_card(*args, **kwargs)
-        from zoo.cards import build_card
-
         return build_card(run_folder, repo_id=kwargs.get("repo_id"), make_plot=False)
 
     def _run_folder(self) -> Path | None:

@@ -18,7 +18,7 @@ import zoo
 import zoo.catalogue as catalogue
 from zoo.cards import write_card
 from zoo.cli import main
-from zoo.hub import push_folder, validate_folder_for_push
+from zoo.publish import push_folder, validate_folder_for_push
 
 
 @pytest.fixture

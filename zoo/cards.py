@@ -24,6 +24,9 @@ import re
 from pathlib import Path
 
 import zoo.model_cards
+from zoo.bench import read_metrics
+from zoo.io import atomic_write_text
+from zoo.plots import png_figure
 from zoo.runs import LOCAL_ONLY_DIRS, MODEL_LABELS, ordered
 from zoo.runs import label as model_label
 
@@ -355,9 +358,7 @@ def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | N
     points = latency_points(metrics)
     if not points:
         return None
-    from matplotlib.lines import Line2D
-
-    from zoo.plots import png_figure
+    from matplotlib.lines import Line2D  # matplotlib loads only when a plot is drawn
 
     with png_figure(path, figsize=(8, 4.2), dpi=100) as (_, ax):
         palette = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey: the runtime keys' colour
@@ -421,8 +422,6 @@ def build_card(
     strings (labels, dataset and teacher names, notes) are escaped in the body (``escape``).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from zoo.bench import read_metrics
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -603,7 +602,6 @@ def _split_size(run: dict, split: str) -> bool:
 
 def write_card(out_dir: str | os.PathLike, *, repo_id: str | None = None, **kwargs) -> Path:
     """Regenerate ``out_dir/README.md`` and the accuracy-vs-latency plot from the folder's metrics; returns the path."""
-    from zoo.io import atomic_write_text
 
     out_dir = Path(out_dir)
     card = build_card(out_dir, repo_id=repo_id, **kwargs)

@@ -1,132 +1,91 @@
-"""Publishing students: ``zoo push DIR REPO_ID`` checks a student folder and uploads it with huggingface_hub.
+"""The hub resolver: a local folder as is, else a hub id (or a zoo catalogue name) through the HF cache.
 
-Before anything goes up, ``validate_folder_for_push`` proves the folder is complete and loads back: config.json
-and model.safetensors rebuild the student strictly, the card parses and names the library, metrics.json is
-valid, and no pickled file (.bin, .pt, .pkl, ...) is present. Only the files it lists are uploaded: the student,
-the run's other students in subfolders (raw_student/, pruned/, int8/), its card, metrics and plots; resume
-checkpoints, the teacher cache and teachers trained for the run stay local. The cards are rendered for the repo
-in memory, so the folder is never changed by a push. Loading from the hub is ``zoo.load(hub_id)`` or
-``zoo.load(hub_id, subfolder="int8")`` (see ``zoo.io.resolve_model_folder``).
+Students (``zoo.load``) and teachers (``zoo.teachers.load_teacher``) download through ``snapshot``, with one
+offline check: with ``HF_HUB_OFFLINE`` set only the cache answers, and a missing repo fails with a message saying
+how to pass a local folder instead. Publishing a student is ``zoo.publish``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from zoo.cards import CARD_MARKER, CARD_NAME, build_card, student_subfolders
-from zoo.runs import METRICS_NAME
+import huggingface_hub
+from huggingface_hub import constants
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-UPLOAD_PATTERNS = ("*.json", "*.jsonl", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.onnx")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
+from zoo.catalogue import hub_id_for
 
-
-def render_cards(folder: str | os.PathLike, repo_id: str) -> dict[str, str]:
-    """The cards a push uploads, rendered in memory for ``repo_id`` ({path in the repo: card text}): the folder's
-    and each student subfolder's that holds a metrics.json (its usage code loads ``repo_id, subfolder=...``)."""
-    folder = Path(folder)
-    cards = {}
-    if (folder / METRICS_NAME).exists():
-        cards[CARD_NAME] = str(build_card(folder, repo_id=repo_id, make_plot=False))
-    for d in student_subfolders(folder):
-        if (d / METRICS_NAME).exists():
-            cards[f"{d.name}/{CARD_NAME}"] = str(build_card(d, repo_id=repo_id, subfolder=d.name, make_plot=False))
-    return cards
+OFFLINE_HINT = (
+    "To use it on a machine without network, download it where there is network "
+    "(e.g. `hf download {id} --local-dir ./{local}` or `model.save_pretrained('./{local}')`), "
+    "copy the folder here and pass the folder path instead of the hub id."
+)
 
 
-def validate_folder_for_push(folder: str | os.PathLike, cards: dict[str, str] | None = None) -> list[str]:
-    """Check that ``folder`` is a complete student that loads back; return the files (relative paths) to upload.
-
-    ``cards`` ({path in the repo: text}, from ``render_cards``) replace the README.md files on disk. Raises
-    ValueError / FileNotFoundError naming the file at fault and how to fix it.
-    """
-    from fnmatch import fnmatch
-
-    from huggingface_hub import ModelCard
-
-    from zoo.bench import read_metrics
-    from zoo.students import load_student
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; pass a student folder written by save_pretrained.")
-    # the student's own files and the run's other students; checkpoints, caches and teachers stay local
-    students = [folder, *student_subfolders(folder)]
-    files = [p.name for p in folder.iterdir() if p.is_file()]
-    files += [p.relative_to(folder).as_posix() for d in students[1:] for p in d.rglob("*") if p.is_file()]
-    files = sorted(f for f in files if not any(part.startswith(".") for part in f.split("/")))  # tmp files
-    pickled = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
-    if pickled:
-        raise ValueError(
-            f"{folder} holds pickled or raw-array files {pickled}; only safetensors weights are published. "
-            "Remove them (a student is config.json + model.safetensors)."
-        )
-    for d in students:
-        load_student(d)  # strict: missing, extra or mis-shaped tensors are errors naming the file
-    cards = cards or {}
-    card_path = folder / CARD_NAME
-    if CARD_NAME not in cards and not card_path.exists():
-        raise FileNotFoundError(f"{card_path} is missing; write the model card with `zoo card {folder}`.")
-    try:
-        card = ModelCard(cards[CARD_NAME]) if CARD_NAME in cards else ModelCard.load(card_path)
-    except Exception as e:  # huggingface_hub raises ValueError or yaml errors for a broken header
-        raise ValueError(f"{card_path} is not a valid model card ({e}); regenerate it with `zoo card {folder}`.") from e
-    if CARD_MARKER not in card.text or card.data.library_name != "distill-zoo":
-        raise ValueError(
-            f"{card_path} is not a distill-zoo model card (no results from metrics.json); "
-            f"write it with `zoo card {folder}` (it needs the run's metrics.json)."
-        )
-    read_metrics(folder)  # invalid JSON is an error naming the file
-    for f in files:
-        if f.endswith(".json"):
-            try:
-                json.loads((folder / f).read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{folder / f} is not valid JSON ({e}); re-save the student.") from e
-    files = sorted(set(files) | set(cards))
-    return [f for f in files if any(fnmatch(Path(f).name, p) for p in UPLOAD_PATTERNS)]
+def is_offline() -> bool:
+    """Whether the hub may not be reached: HF_HUB_OFFLINE as set now, or as huggingface_hub read it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
 
 
-def push_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool = False,
-    message: str | None = None,
+def snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None, **kwargs) -> Path:
+    """A hub repo's files matching ``allow_patterns`` (never pickles), through the HF cache; offline, from the cache
+    only. The one download path of students and teachers; callers turn its errors into their own messages."""
+    folder = huggingface_hub.snapshot_download(  # looked up at call time: tests stand in for the cache
+        repo_id, revision=revision, allow_patterns=allow_patterns, local_files_only=is_offline(), **kwargs
+    )
+    return Path(folder)
+
+
+def resolve_model_folder(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | None = None,
     token: str | None = None,
-) -> str:
-    """Upload a student folder to the hub repo ``repo_id`` (created if needed) in one commit; returns its URL.
+    allow_patterns: list[str] | None = None,
+    required: tuple[str, ...] = ("config.json", "model.safetensors"),
+    subfolder: str | None = None,
+) -> Path:
+    """A local folder as is, or a hub repo (or a zoo catalogue name's repo) downloaded through the HF cache.
 
-    The cards are rendered for ``repo_id`` (their usage code loads it) and uploaded from memory: the folder is
-    left as it was, whether the push succeeds or fails.
+    ``subfolder`` (as in transformers' ``from_pretrained``) picks a folder inside it, e.g. a run's ``int8``;
+    ``"org/name/int8"`` is the same as ``"org/name", subfolder="int8"``. A hub id while offline (or unreachable)
+    fails with a message saying how to pass a local folder instead; files already in the HF cache load offline.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if subfolder and path.is_dir():
+        if not (path / subfolder).is_dir():
+            subs = sorted(p.name for p in path.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"{path} has no subfolder {subfolder!r}; its subfolders are {subs}.")
+        path = path / subfolder
+    if path.is_dir():
+        missing = [f for f in required if not (path / f).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{path} is missing {missing} (it holds {sorted(p.name for p in path.iterdir())}); "
+                "a student folder is written by save_pretrained."
+            )
+        return path
 
-    folder = Path(folder)
-    cards = render_cards(folder, repo_id)
-    files = validate_folder_for_push(folder, cards)
-    operations = [
-        CommitOperationAdd(path_in_repo=f, path_or_fileobj=cards[f].encode() if f in cards else str(folder / f))
-        for f in files
-    ]
-    api = HfApi(token=token)
+    name = os.fspath(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 2 or path.exists():
+        raise FileNotFoundError(f"{name!r} is not a folder. Pass a folder written by save_pretrained, or a hub id.")
+    if name.count("/") == 2:  # org/name/subfolder
+        name, sub = name.rsplit("/", 1)
+        subfolder = f"{sub}/{subfolder}" if subfolder else sub
+    name = hub_id_for(name)  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
+    sub = (subfolder or "").strip("/")
+    local = name.replace("/", "--")
+    hint = OFFLINE_HINT.format(id=name, local=local)
+    patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.md", "*.model", "*.png"]
+    if sub:
+        patterns = [f"{sub}/{p}" for p in patterns]
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.create_commit(
-            repo_id=repo_id,
-            operations=operations,
-            repo_type="model",
-            commit_message=message or f"Upload {repo_id} with distill-zoo",
-        )
-    except OfflineModeIsEnabled as e:
-        raise ConnectionError(
-            f"cannot push to {repo_id!r}: HF_HUB_OFFLINE is set. Unset it on a machine with network and log in "
-            "(`hf auth login` or HF_TOKEN)."
-        ) from e
+        folder = snapshot(name, patterns, revision=revision, cache_dir=cache_dir, token=token)
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
+        raise ConnectionError(f"cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}") from e
     except HfHubHTTPError as e:
-        raise ConnectionError(f"cannot push to {repo_id!r}: {e}. Check the repo id, your token and its rights.") from e
-    except OSError as e:  # connection errors surface as OSError subclasses
-        raise ConnectionError(f"cannot push to {repo_id!r}: {e}.") from e
-    return getattr(commit, "commit_url", None) or str(commit)
+        raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
+    except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx
+        raise ConnectionError(f"cannot download {name!r}: {e}. {hint}") from e
+    return resolve_model_folder(folder / sub if sub else folder, required=required)

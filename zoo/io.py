@@ -1,4 +1,4 @@
-"""Files: atomic writes, safetensors reads with clear errors, and hub-id-or-folder resolution.
+"""Files: atomic writes and safetensors reads with clear errors (hub ids resolve in ``zoo.hub``).
 
 Every write goes to a temporary file in the target folder and is renamed over the target, so an interrupted
 run never leaves a half-written checkpoint or card behind. Weights are read from safetensors only.
@@ -15,12 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-OFFLINE_HINT = (
-    "To use it on a machine without network, download it where there is network "
-    "(e.g. `hf download {id} --local-dir ./{local}` or `model.save_pretrained('./{local}')`), "
-    "copy the folder here and pass the folder path instead of the hub id."
-)
 
 
 def _umask() -> int:
@@ -106,67 +100,3 @@ def replace_folder_contents(src: Path, dst: Path, names: Iterable[str] | None = 
             os.replace(p, target)
         else:
             os.replace(p, target)
-
-
-def is_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def resolve_model_folder(
-    name_or_path: str | os.PathLike,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    token: str | None = None,
-    allow_patterns: list[str] | None = None,
-    required: tuple[str, ...] = ("config.json", "model.safetensors"),
-    subfolder: str | None = None,
-) -> Path:
-    """A local folder as is, or a hub repo (or a zoo catalogue name's repo) downloaded through the HF cache.
-
-    ``subfolder`` (as in transformers' ``from_pretrained``) picks a folder inside it, e.g. a run's ``int8``;
-    ``"org/name/int8"`` is the same as ``"org/name", subfolder="int8"``. A hub id while offline (or unreachable)
-    fails with a message saying how to pass a local folder instead; files already in the HF cache load offline.
-    """
-    path = Path(os.fspath(name_or_path)).expanduser()
-    if subfolder and path.is_dir():
-        if not (path / subfolder).is_dir():
-            subs = sorted(p.name for p in path.iterdir() if p.is_dir())
-            raise FileNotFoundError(f"{path} has no subfolder {subfolder!r}; its subfolders are {subs}.")
-        path = path / subfolder
-    if path.is_dir():
-        missing = [f for f in required if not (path / f).exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"{path} is missing {missing} (it holds {sorted(p.name for p in path.iterdir())}); "
-                "a student folder is written by save_pretrained."
-            )
-        return path
-    from zoo.catalogue import hub_id_for
-
-    name = os.fspath(name_or_path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 2 or path.exists():
-        raise FileNotFoundError(f"{name!r} is not a folder. Pass a folder written by save_pretrained, or a hub id.")
-    if name.count("/") == 2:  # org/name/subfolder
-        name, sub = name.rsplit("/", 1)
-        subfolder = f"{sub}/{subfolder}" if subfolder else sub
-    name = hub_id_for(name)  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
-    sub = (subfolder or "").strip("/")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    local = name.replace("/", "--")
-    hint = OFFLINE_HINT.format(id=name, local=local)
-    patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.md", "*.model", "*.png"]
-    if sub:
-        patterns = [f"{sub}/{p}" for p in patterns]
-    try:
-        folder = snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token, allow_patterns=patterns)
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
-        raise ConnectionError(f"cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}") from e
-    except HfHubHTTPError as e:
-        raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
-    except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx
-        raise ConnectionError(f"cannot download {name!r}: {e}. {hint}") from e
-    return resolve_model_folder(Path(folder) / sub if sub else Path(folder), required=required)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from zoo.registry import LOSS_TERMS
+
 STAGE_ORDER = ("pretrain", "soft_distill", "mixed_distill", "prune", "quant_finetune", "hardware_adapt")
 # Stages that train the float student with the teachers; the raw-student baseline gets the same number of steps.
 DISTILL_STAGES = ("pretrain", "soft_distill", "mixed_distill")
@@ -405,8 +407,6 @@ def _build(cls, data, where: str, source: str):
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     if cls is LossWeights:  # a loss term registered outside the package: its key is a stage weight too
-        from zoo.registry import LOSS_TERMS
-
         registered = [k for k, c in LOSS_TERMS.items() if k not in known and getattr(c, "stage_weight", True)]
         known = [k for k in known if k != "extra"] + registered
         if any(k in registered for k in data):
