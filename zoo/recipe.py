@@ -327,6 +327,11 @@ class Recipe:
     student: str = "hybrid_tiny"
     student_overrides: dict = field(default_factory=dict)
     tokenizer: str = "train"
+    # with tokenizer "teacher": keep only the teacher's tokens the train (+ unlabeled) texts use, and every character
+    trim_vocabulary: bool = True
+    # "teacher": the student's token embeddings start from the text teacher's (its outputs per token, PCA to the
+    # student's width; the raw-student baseline still starts from random); "random": a blank student
+    student_init: str = "random"
     data: DataSettings = field(default_factory=DataSettings)
     teachers: dict[str, str] = field(default_factory=dict)
     teacher_training: TeacherTraining = field(default_factory=TeacherTraining)
@@ -334,6 +339,10 @@ class Recipe:
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     stages: Stages = field(default_factory=Stages)
+
+    def __post_init__(self):
+        if self.student_init not in ("random", "teacher"):
+            raise ValueError(f"student_init={self.student_init!r}: use 'random' or 'teacher'.")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -456,6 +465,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ValueError(f"override {text!r}: {part!r} holds {child!r}, not a mapping.")
             node = child
         node[path[-1]] = value
+        # a stage's length is steps or epochs: the one set on the command line replaces the recipe's other one
+        twin = {"steps": "epochs", "epochs": "steps"}.get(path[-1])
+        if twin and len(path) == 3 and path[0] == "stages" and value is not None:
+            node.pop(twin, None)
     return data
 
 

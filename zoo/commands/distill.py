@@ -18,14 +18,16 @@ from zoo.train.run import distill
 def _cmd_distill(args: argparse.Namespace) -> int:
     if os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(1)  # these machines share one core between two vCPUs: more threads only stall
-    recipe, overrides = "quickstart", []
+    recipe, overrides = None, []
     for item in args.items:
         if "=" in item:
             overrides.append(item)
-        elif recipe == "quickstart" and not overrides:
+        elif recipe is None and not overrides:
             recipe = item
         else:
             raise ValueError(f"unexpected argument {item!r}: give the recipe first, then key=value overrides.")
+    # the offline demo without data; your data gets the recipe made for it (every label, epochs sized to the data)
+    recipe = recipe or ("user" if args.data and args.data != "quickstart" else "quickstart")
     t0 = time.perf_counter()
     try:
         distill(

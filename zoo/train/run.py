@@ -44,7 +44,13 @@ from zoo.controller import BanditController
 from zoo.io import atomic_write_json, load_state_dict_checked, save_state_dict_atomic
 from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
 from zoo.modalities import IGNORE_INDEX
-from zoo.modalities.text import load_tokenizer, train_wordpiece_tokenizer
+from zoo.modalities.text import (
+    load_tokenizer,
+    pca_project,
+    teacher_token_embeddings,
+    train_wordpiece_tokenizer,
+    trim_tokenizer,
+)
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
 from zoo.registry import create_student
 from zoo.runs import JSONL_NAME, STATE_NAME
@@ -219,34 +225,99 @@ class Run:
         self.criterion = self._criterion()
         self.global_step = int(self.state.get("global_step", 0))
 
-    def new_student(self):
-        """A freshly initialised student (seeded), with the run's tokenizer."""
+    def new_student(self, inherit: bool = True):
+        """A freshly initialised student (seeded), with the run's tokenizer; ``student_init: teacher`` (and
+        ``inherit``) starts its token embeddings from the text teacher's."""
         r = self.recipe
         overrides = copy.deepcopy(r.student_overrides)
         id2label = {str(k): v for k, v in self.data.id2label.items()}
+        kwargs = {}
+        kept = None
+        if "text" in self.modalities and self._tokenizer_kind() != "train":
+            # a given tokenizer sizes the embedding (as create_student does); a smaller vocab_size cannot hold it
+            tokenizer, kept = self._tokenizer(0)
+            kwargs["tokenizer"] = tokenizer
+            text = dict(overrides.get("text") or {})
+            if text.pop("vocab_size", None) is not None:
+                overrides["text"] = text
         student = create_student(
-            r.student, modalities=self.modalities, num_classes=self.num_classes, id2label=id2label, **overrides
+            r.student,
+            modalities=self.modalities,
+            num_classes=self.num_classes,
+            id2label=id2label,
+            **overrides,
+            **kwargs,
         )
-        if "text" in student.config.modalities:
-            student.set_tokenizer(self._tokenizer(student.config.text.vocab_size))
+        if "text" in student.config.modalities and "tokenizer" not in kwargs:
+            student.set_tokenizer(self._tokenizer(student.config.text.vocab_size)[0])
+        elif "text" in student.config.modalities and inherit and r.student_init == "teacher":
+            self._inherit_token_embeddings(student, kept)
         return student
 
+    def _inherit_token_embeddings(self, student, kept: list[int] | None) -> None:
+        """Token embeddings from the text teacher: its output for each token alone, PCA to the student's width."""
+        teacher = self.teachers.get("text")
+        models = list(getattr(teacher, "folds", None) or [teacher])  # a cross-fitted teacher: its first fold
+        model = getattr(models[0], "model", None)
+        if model is None or not hasattr(model, "config") or kept is None:
+            self.log("student_init: teacher needs a transformers text teacher and its tokenizer; starting from random")
+            return
+        tok = student.tokenizer  # trimmed: its ids index ``kept``, the teacher's ids
+        rows = teacher_token_embeddings(model, kept, kept[tok.cls_token_id], kept[tok.sep_token_id])  # (V, H)
+        stem = student.stems["text"]
+        with torch.no_grad():
+            stem.embed.weight[: len(kept)] = pca_project(rows, stem.embed.weight.shape[1])
+        self.log(
+            f"student_init: {len(kept)} token embeddings from the text teacher ({rows.shape[1]} -> "
+            f"{stem.embed.weight.shape[1]} by PCA)"
+        )
+
+    def _tokenizer_kind(self) -> str:
+        """``tokenizer: auto`` is the text teacher's when it is a local folder with a tokenizer, else ``train``."""
+        kind = self.recipe.tokenizer
+        if kind != "auto":
+            return kind
+        path = self.teacher_paths.get("text")
+        if path and Path(path).is_dir():
+            folder = tokenizer_folder(path)
+            if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+                return "teacher"
+        return "train"
+
     def _tokenizer(self, vocab_size: int):
-        """The student's text tokenizer: trained on the train texts (saved once), or the text teacher's."""
-        if self.recipe.tokenizer == "teacher":
+        """The student's text tokenizer and, for a trimmed teacher tokenizer, the teacher id of each of its tokens.
+
+        ``tokenizer: train``: a WordPiece trained on the train texts; ``teacher``: the text teacher's, trimmed to the
+        tokens the train texts use (``trim_vocabulary``); else a tokenizer folder. Made once and saved in the run.
+        """
+        r = self.recipe
+        split = self.data.splits["train"]
+        folder = self.out / "checkpoints" / "tokenizer"
+        if self._tokenizer_kind() == "teacher":
             if "text" not in self.teacher_paths or not Path(self.teacher_paths["text"]).is_dir():
                 raise ValueError("tokenizer: teacher needs a text teacher given as a local folder.")
-            return load_tokenizer(tokenizer_folder(self.teacher_paths["text"]))
-        if self.recipe.tokenizer != "train":
-            return load_tokenizer(self.recipe.tokenizer)
-        folder = self.out / "checkpoints" / "tokenizer"
-        if self.is_main and not (folder / "tokenizer.json").exists():
-            split = self.data.splits["train"]
+            source = tokenizer_folder(self.teacher_paths["text"])
+        elif self._tokenizer_kind() != "train":
+            source = Path(r.tokenizer)
+        else:
+            if self.is_main and not (folder / "tokenizer.json").exists():
+                texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
+                tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+                tok.save_pretrained(str(folder))
+            self.accelerator.wait_for_everyone()
+            return load_tokenizer(folder), None
+        full = load_tokenizer(source)
+        if not r.trim_vocabulary or type(full.backend_tokenizer.model).__name__ != "WordPiece":
+            return full, None
+        kept_file = folder / "teacher_token_ids.json"
+        if self.is_main and not kept_file.exists():
             texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
-            tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+            tok, kept = trim_tokenizer(full, texts)
             tok.save_pretrained(str(folder))
+            atomic_write_json(kept_file, kept)
+            self.log(f"tokenizer: the teacher's {len(full)} tokens trimmed to the {len(tok)} the train texts use")
         self.accelerator.wait_for_everyone()
-        return load_tokenizer(folder)
+        return load_tokenizer(folder), json.loads(kept_file.read_text())
 
     def _teacher_cache(self) -> dict:
         """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
@@ -402,7 +473,9 @@ class Run:
                 raw = self.load_phase("raw_student")
             else:
                 torch.manual_seed(r.seed)
-                raw = self.new_student()  # same seed, same initial weights as the distilled student
+                # same seed, same initial weights as the distilled student, except what student_init takes from
+                # the teacher: the baseline learns without any teacher
+                raw = self.new_student(inherit=False)
                 lr = max(s.lr for _, s in distill)
                 base = Stage(steps=budget, lr=lr, warmup=distill[0][1].warmup)
                 base.weights.ce = 1.0
