@@ -30,10 +30,10 @@ from zoo.hub import resolve_model_folder
 from zoo.io import load_state_dict_checked, replace_folder_contents, save_state_dict_atomic
 from zoo.modalities import MODALITIES, collate, input_keys, load_tokenizer
 from zoo.registry import model_class
+from zoo.runs import METRICS_NAME
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-METRICS_NAME = "metrics.json"
 
 
 @dataclass
