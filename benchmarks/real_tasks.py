@@ -332,7 +332,7 @@ def main(argv=None) -> int:
     from zoo import data as zdata
     from zoo.compress.export import onnx_feed, onnx_session
     from zoo.teachers import load_teacher
-    from zoo.train import distill
+    from zoo.train.run import distill
 
     spec = TASKS[a.task]
     cache = Path(a.cache) / a.task

@@ -44,23 +44,16 @@ from zoo.controller import BanditController
 from zoo.io import atomic_write_json, load_state_dict_checked, save_state_dict_atomic
 from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
 from zoo.modalities import IGNORE_INDEX
-from zoo.modalities.text import (
-    load_tokenizer,
-    pca_project,
-    teacher_token_embeddings,
-    train_wordpiece_tokenizer,
-    trim_tokenizer,
-)
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
 from zoo.registry import create_student
 from zoo.runs import JSONL_NAME, STATE_NAME
 from zoo.students import load_student
 from zoo.teachers import TeacherCache, load_teacher
-from zoo.teachers.crossfit import tokenizer_folder
 from zoo.teachers.train import train_teachers
 from zoo.train.loop import StopRun, train_phase
 from zoo.train.report import measure
 from zoo.train.rows import Rows, SampleList, collate_rows, split_inputs
+from zoo.train.tokens import inherit_token_embeddings, student_tokenizer, tokenizer_kind
 
 STOP_ENV = "ZOO_STOP_AFTER_STEPS"  # simulate a crash after this many optimizer steps (resume tests)
 __all__ = ["Run", "StopRun", "distill"]
@@ -231,93 +224,23 @@ class Run:
         r = self.recipe
         overrides = copy.deepcopy(r.student_overrides)
         id2label = {str(k): v for k, v in self.data.id2label.items()}
-        kwargs = {}
-        kept = None
-        if "text" in self.modalities and self._tokenizer_kind() != "train":
+        kwargs, kept = {}, None
+        if "text" in self.modalities and tokenizer_kind(r.tokenizer, self.teacher_paths) != "train":
             # a given tokenizer sizes the embedding (as create_student does); a smaller vocab_size cannot hold it
-            tokenizer, kept = self._tokenizer(0)
+            tokenizer, kept = student_tokenizer(self, 0)
             kwargs["tokenizer"] = tokenizer
             text = dict(overrides.get("text") or {})
             if text.pop("vocab_size", None) is not None:
                 overrides["text"] = text
         student = create_student(
-            r.student,
-            modalities=self.modalities,
-            num_classes=self.num_classes,
-            id2label=id2label,
-            **overrides,
+            r.student, modalities=self.modalities, num_classes=self.num_classes, id2label=id2label, **overrides,
             **kwargs,
-        )
+        )  # fmt: skip
         if "text" in student.config.modalities and "tokenizer" not in kwargs:
-            student.set_tokenizer(self._tokenizer(student.config.text.vocab_size)[0])
+            student.set_tokenizer(student_tokenizer(self, student.config.text.vocab_size)[0])
         elif "text" in student.config.modalities and inherit and r.student_init == "teacher":
-            self._inherit_token_embeddings(student, kept)
+            inherit_token_embeddings(student, self.teachers.get("text"), kept, self.log)
         return student
-
-    def _inherit_token_embeddings(self, student, kept: list[int] | None) -> None:
-        """Token embeddings from the text teacher: its output for each token alone, PCA to the student's width."""
-        teacher = self.teachers.get("text")
-        models = list(getattr(teacher, "folds", None) or [teacher])  # a cross-fitted teacher: its first fold
-        model = getattr(models[0], "model", None)
-        if model is None or not hasattr(model, "config") or kept is None:
-            self.log("student_init: teacher needs a transformers text teacher and its tokenizer; starting from random")
-            return
-        tok = student.tokenizer  # trimmed: its ids index ``kept``, the teacher's ids
-        rows = teacher_token_embeddings(model, kept, kept[tok.cls_token_id], kept[tok.sep_token_id])  # (V, H)
-        stem = student.stems["text"]
-        with torch.no_grad():
-            stem.embed.weight[: len(kept)] = pca_project(rows, stem.embed.weight.shape[1])
-        self.log(
-            f"student_init: {len(kept)} token embeddings from the text teacher ({rows.shape[1]} -> "
-            f"{stem.embed.weight.shape[1]} by PCA)"
-        )
-
-    def _tokenizer_kind(self) -> str:
-        """``tokenizer: auto`` is the text teacher's when it is a local folder with a tokenizer, else ``train``."""
-        kind = self.recipe.tokenizer
-        if kind != "auto":
-            return kind
-        path = self.teacher_paths.get("text")
-        if path and Path(path).is_dir():
-            folder = tokenizer_folder(path)
-            if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-                return "teacher"
-        return "train"
-
-    def _tokenizer(self, vocab_size: int):
-        """The student's text tokenizer and, for a trimmed teacher tokenizer, the teacher id of each of its tokens.
-
-        ``tokenizer: train``: a WordPiece trained on the train texts; ``teacher``: the text teacher's, trimmed to the
-        tokens the train texts use (``trim_vocabulary``); else a tokenizer folder. Made once and saved in the run.
-        """
-        r = self.recipe
-        split = self.data.splits["train"]
-        folder = self.out / "checkpoints" / "tokenizer"
-        if self._tokenizer_kind() == "teacher":
-            if "text" not in self.teacher_paths or not Path(self.teacher_paths["text"]).is_dir():
-                raise ValueError("tokenizer: teacher needs a text teacher given as a local folder.")
-            source = tokenizer_folder(self.teacher_paths["text"])
-        elif self._tokenizer_kind() != "train":
-            source = Path(r.tokenizer)
-        else:
-            if self.is_main and not (folder / "tokenizer.json").exists():
-                texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
-                tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
-                tok.save_pretrained(str(folder))
-            self.accelerator.wait_for_everyone()
-            return load_tokenizer(folder), None
-        full = load_tokenizer(source)
-        if not r.trim_vocabulary or type(full.backend_tokenizer.model).__name__ != "WordPiece":
-            return full, None
-        kept_file = folder / "teacher_token_ids.json"
-        if self.is_main and not kept_file.exists():
-            texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
-            tok, kept = trim_tokenizer(full, texts)
-            tok.save_pretrained(str(folder))
-            atomic_write_json(kept_file, kept)
-            self.log(f"tokenizer: the teacher's {len(full)} tokens trimmed to the {len(tok)} the train texts use")
-        self.accelerator.wait_for_everyone()
-        return load_tokenizer(folder), json.loads(kept_file.read_text())
 
     def _teacher_cache(self) -> dict:
         """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
