@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo import console
 from zoo.modalities.base import Modality, register_modality
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -55,7 +56,9 @@ def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, low
         norm.insert(0, normalizers.Lowercase())
     tok.normalizer = normalizers.Sequence(norm)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, min_frequency=1, show_progress=console.progress
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     # The trainer numbers tokens in hash-map order, which changes from process to process; renumber them in a fixed
     # order (specials first, then sorted) so the same vocabulary always gets the same ids. The vocabulary itself can

@@ -23,11 +23,14 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from zoo.auto import MODEL_TYPE  # config.json's model_type: transformers' AutoConfig / AutoModel find students by it
+from zoo.cards import build_card
 from zoo.compress.quant import apply_quantization_scheme
 from zoo.hub import resolve_model_folder
 from zoo.io import load_state_dict_checked, replace_folder_contents, save_state_dict_atomic
 from zoo.modalities import MODALITIES, collate, input_keys, load_tokenizer
 from zoo.registry import model_class
+from zoo.runs import METRICS_NAME
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -75,6 +78,7 @@ class Student(
         super().__init__()
         self.config = config
         self.tokenizer = None
+        self.source_folder: Path | None = None  # set by from_pretrained / zoo.load
 
     # -- what a family implements ---------------------------------------------------------------------------------
     def forward_features(self, **inputs) -> torch.Tensor:
@@ -159,20 +163,46 @@ class Student(
         """Write config.json, model.safetensors and the tokenizer to ``save_directory`` (created if needed).
 
         Files are written to a temporary folder beside it and renamed in one by one, so an interrupted save
-        leaves the previous files whole. The model card (README.md) is written by ``zoo card``, not here.
+        leaves the previous files whole. The model card (README.md) is written by ``zoo card``, not here, except
+        for a repo: with ``model_card_kwargs={"repo_id": ...}`` (what ``push_to_hub`` passes), a student loaded from a
+        run folder also gets that folder's card (``generate_model_card``), metrics.json and plots, as ``zoo push``.
         """
         dst = Path(save_directory)
         dst.mkdir(parents=True, exist_ok=True)
-        kwargs.setdefault("config", self.config.to_dict())
+        if kwargs.get("config") is None:  # push_to_hub passes config=None
+            kwargs["config"] = {"model_type": MODEL_TYPE, **self.config.to_dict()}
+        run_folder = self._run_folder() if (kwargs.get("model_card_kwargs") or {}).get("repo_id") else None
         tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=dst.parent))
         try:
             out = super().save_pretrained(tmp, **kwargs)
-            # the mixin's generic README says nothing true about this student; cards come from zoo.cards.write_card
-            names = [p.name for p in tmp.iterdir() if p.name != "README.md"]
+            if run_folder is not None:
+                for p in [run_folder / METRICS_NAME, *sorted(run_folder.glob("*.png"))]:
+                    shutil.copyfile(p, tmp / p.name)
+            # without a run folder, the mixin's generic README says nothing true about this student
+            names = [p.name for p in tmp.iterdir() if run_folder is not None or p.name != "README.md"]
             replace_folder_contents(tmp, dst, names)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """The mixin's upload (config.json, model.safetensors, tokenizer) plus what ``zoo push`` uploads for a
+        student loaded from a run folder: its card rendered for ``repo_id``, metrics.json and plots."""
+        card_kwargs = {"repo_id": repo_id, **(kwargs.pop("model_card_kwargs", None) or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
+
+    def generate_model_card(self, *args, **kwargs):
+        """The mixin's card hook: the zoo card (``zoo.cards.build_card``) of the run folder the student was loaded
+        from, for ``repo_id``; the mixin's generic card for a student without one."""
+        run_folder = self._run_folder()
+        if run_folder is None:
+            return super().generate_model_card(*args, **kwargs)
+        return build_card(run_folder, repo_id=kwargs.get("repo_id"), make_plot=False)
+
+    def _run_folder(self) -> Path | None:
+        """The folder this student was loaded from when it holds a run's metrics.json (see ``zoo.runs``)."""
+        folder = getattr(self, "source_folder", None)
+        return folder if folder is not None and (folder / METRICS_NAME).exists() else None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -186,6 +216,7 @@ class Student(
             revision=kwargs.pop("revision", None),
             cache_dir=kwargs.pop("cache_dir", None),
             token=kwargs.pop("token", None),
+            subfolder=kwargs.pop("subfolder", None),
         )
         return cls._load_folder(folder, map_location=kwargs.pop("map_location", "cpu"))
 
@@ -216,6 +247,7 @@ class Student(
         if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
             model.set_tokenizer(load_tokenizer(folder))
         model.eval()
+        model.source_folder = folder  # where its card and metrics are (generate_model_card, push_to_hub)
         return model
 
 
@@ -228,12 +260,15 @@ def _read_config(path: Path) -> dict:
 
 def load_student(name_or_path: str | os.PathLike, **kwargs) -> Student:
     """Any saved student (pruned, quantized or not) from a folder, a hub id or a catalogue name: the family is the
-    one registered for config.json's ``architecture`` (``zoo.registry.model_class``)."""
+    one registered for config.json's ``architecture`` (``zoo.registry.model_class``). ``subfolder="int8"`` (or
+    ``"org/name/int8"``) loads one of a run's other students; ``revision``, ``cache_dir``, ``token`` as in
+    huggingface_hub."""
     folder = resolve_model_folder(
         name_or_path,
         revision=kwargs.pop("revision", None),
         cache_dir=kwargs.pop("cache_dir", None),
         token=kwargs.pop("token", None),
+        subfolder=kwargs.pop("subfolder", None),
     )
     architecture = _read_config(folder / CONFIG_NAME).get("architecture")
     return model_class(architecture)._load_folder(folder, map_location=kwargs.pop("map_location", "cpu"))

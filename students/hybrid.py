@@ -132,6 +132,8 @@ class HybridConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> HybridConfig:
         """Build from a dict, refusing keys this version does not know (a config for another model, or a typo)."""
+        if isinstance(data, dict):  # config.json's model_type is for transformers' Auto classes (zoo.auto)
+            data = {k: v for k, v in data.items() if k != "model_type"}
         return _dataclass_from_dict(cls, data, source)
 
 

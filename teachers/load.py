@@ -41,7 +41,7 @@ def _offline_message(repo_id: str, reason: str) -> str:
         f"cannot load teacher {repo_id!r} from the Hugging Face Hub: {reason}. Pass a local folder instead: on a "
         f"machine with network, save it with `AutoModel...from_pretrained({repo_id!r}).save_pretrained(folder, "
         "safe_serialization=True)` plus its tokenizer / processor `.save_pretrained(folder)` (or "
-        f"`huggingface-cli download {repo_id} --local-dir folder`), copy the folder here and pass its path."
+        f"`hf download {repo_id} --local-dir folder`), copy the folder here and pass its path."
     )
 
 

@@ -69,12 +69,64 @@ def test_card_metadata_and_eval_results_round_trip(run_dir):
     assert {"distillation", "pruned", "int8", "image", "audio"} <= set(data.tags)
     assert data.base_model == ["google/vit-base-patch16-224"]  # the local teacher path stays out of the metadata
     assert data.datasets == ["quickstart"] and data.license == "apache-2.0"
-    assert data.pipeline_tag == "image-classification"
-    got = {r.metric_name: r.metric_value for r in data.eval_results}
-    assert got["accuracy (teacher)"] == 0.95
-    assert got["accuracy (raw student (no distillation))"] == 0.70
-    assert got["accuracy (distilled student)"] == 0.85
+    assert data.pipeline_tag == "any-to-any"  # image + audio: not image-classification
+    # the model-index is this model's result only; the teacher and the baseline are in the card's table
+    assert [(r.metric_name, r.metric_value) for r in data.eval_results] == [("accuracy", 0.85)]
     assert all(r.dataset_split == "test" and r.metric_type == "accuracy" for r in data.eval_results)
+    assert data.eval_results[0].dataset_name == "quickstart" and data.eval_results[0].task_type == "any-to-any"
+
+
+@pytest.mark.parametrize(
+    "modalities, tag",
+    [(["text"], "text-classification"), (["image"], "image-classification"), (["audio"], "audio-classification"),
+     (["text", "image", "audio"], "any-to-any")],
+)  # fmt: skip
+def test_pipeline_tag_fits_the_modalities(tmp_path, modalities, tag):
+    card = ModelCard.load(write_card(make_student_folder(tmp_path / "run", modalities=modalities)))
+    assert card.data.pipeline_tag == tag and set(modalities) <= set(card.data.tags)
+
+
+def test_dataset_is_an_id_or_a_path(tmp_path):
+    run = {**RUN, "dataset": {"name": "quickstart (seed 0)", "splits": {"test": 300}}}  # an older run's record
+    card = ModelCard.load(write_card(make_student_folder(tmp_path / "a", run=run)))
+    assert card.data.datasets == ["quickstart"] and card.data.eval_results[0].dataset_name == "quickstart"
+    run = {**RUN, "dataset": {"name": "data.csv (csv)", "id": "data/my data.csv", "splits": {"test": 300}}}
+    card = ModelCard.load(write_card(make_student_folder(tmp_path / "b", run=run)))
+    assert card.data.datasets is None  # a local path is no hub dataset
+    assert card.data.eval_results[0].dataset_name == "data/my data.csv" and "on data/my data.csv with" in card.text
+    assert "data.csv (csv)" not in card.text and "data.csv (local)" not in card.text
+
+
+def test_user_strings_are_escaped_in_the_card_body(tmp_path):
+    run = {**RUN, "dataset": {"id": "<script>alert(1)</script>", "splits": {"test": 300}}}
+    run["stages"] = [dict(RUN["stages"][2], reason="budget <b>|</b>")]
+    folder = make_student_folder(tmp_path / "run", run=run)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "<img src=x onerror=alert(1)>", "1": "a|b", "2": "bird"}
+    (folder / "config.json").write_text(json.dumps(config))
+    card = ModelCard.load(write_card(folder))
+    body = card.text
+    assert "<script>" not in body and "<img" not in body and "<b>" not in body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+    assert "a\\|b" in body  # a | in a label does not split the table cell
+
+
+def test_encoder_teacher_shows_no_accuracy_instead_of_failing(tmp_path):
+    models = {**MODELS, "teacher": {**MODELS["teacher"], "accuracy": None, "no_accuracy": "encoder teacher"}}
+    card = ModelCard.load(write_card(make_student_folder(tmp_path / "run", models=models)))
+    assert table_row(card.text, "teacher")[1] == "no accuracy (encoder teacher)"
+    assert "of the teacher's accuracy" not in card.text  # no ratio against a number that does not exist
+    assert [r.metric_value for r in card.data.eval_results] == [0.85]
+
+
+def test_each_student_folder_card_reports_its_own_model(tmp_path):
+    """A subfolder card (as zoo distill writes one in int8/): its model-index is the int8 student's, its table the
+    whole comparison, its usage code loads it from the repo with subfolder=."""
+    folder = make_student_folder(tmp_path / "int8", run={**RUN, "final_model": "int8"})
+    card = build_card(folder, repo_id="me/student", subfolder="int8")
+    assert [r.metric_value for r in card.data.eval_results] == [0.83]
+    assert table_row(card.text, "teacher")[1] == "95.00%" and table_row(card.text, "int8")[1] == "83.00%"
+    assert 'zoo.load("me/student", subfolder="int8")' in card.text
 
 
 def test_card_table_and_lineage_come_from_metrics(run_dir):
@@ -92,7 +144,7 @@ def test_card_table_and_lineage_come_from_metrics(run_dir):
     assert table_row(text, "pruned + KD recovery")[3] == f"{3e6 / 2**20:.2f} MiB"  # measured peak, no estimate mark
     assert table_row(text, "int8")[3:] == [f"≈ {150_000 / 2**10:.2f} KiB", f"{160_000 / 2**10:.2f} KiB", "150.00K"]
     assert table_row(text, "soft_distill") == ["soft_distill", "100", "0.001", "4 -> 2", "ce 0.2, kl 0.8", "0"]
-    assert table_row(text, "prune") == ["prune", "50", "0.0005", "2", "n/a", "1"]
+    assert table_row(text, "prune") == ["prune", "50", "0.0005", "2", "n/a", "1"]  # the fixture gives no weights
     assert table_row(text, "hardware_adapt (skipped)")[1] == "0"
     assert "- hardware_adapt (skipped): no latency budget" in text
     assert "150 training steps in 3 stage(s), 1" in text
@@ -127,8 +179,9 @@ def test_card_lists_the_runs_other_students_with_code_that_loads_them(run_dir, c
     shutil.copytree(run_dir / "pruned", run_dir / "hardware")
     update_metrics(run_dir, {"hardware": dict(MODELS["pruned"], accuracy=0.82)})
     text = str(build_card(run_dir))
-    assert "- `pruned/`: pruned + KD recovery (84.00% test accuracy)" in text and "`checkpoints/`" not in text
-    assert "- `hardware/`: fitted to a latency budget (82.00% test accuracy)" in text
+    assert "- `pruned/`: pruned + KD recovery (84.00% test accuracy;" in text and "`checkpoints/`" not in text
+    assert "- `hardware/`: fitted to a latency budget (82.00% test accuracy;" in text
+    assert f'hardware = zoo.load("{run_dir}", subfolder="hardware")' in text
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
     exec(compile(code, "card-snippets", "exec"), {"__name__": "card_snippet"})
     assert capsys.readouterr().out.split()[0] in {"cat", "dog", "bird"}
@@ -162,3 +215,25 @@ def test_zoo_card_cli_regenerates_readme(run_dir, capsys):
     assert table_row((run_dir / "README.md").read_text(encoding="utf-8"), "distilled student")[1] == "90.00%"
     assert main(["card", str(run_dir / "nope")]) == 1
     assert "metrics.json is missing" in capsys.readouterr().err
+
+
+def test_accuracy_vs_latency_marks_the_runtime_and_puts_hardware_at_its_fitted_latency():
+    from zoo.cards import latency_points
+
+    models = {
+        **MODELS,
+        "onnx_int8": {"accuracy": 0.83, "latency_ms": 0.4, "runtime": "onnxruntime"},
+        "hardware": {"accuracy": 0.82, "latency_ms": 1.5, "latency_budget": {"runtime": "onnxruntime",
+                                                                            "latency_ms": 0.3, "budget_ms": 0.35}},
+    }  # fmt: skip
+    points = {p["key"]: p for p in latency_points({"models": models})}
+    assert points["onnx_int8"]["runtime"] == "onnxruntime" and points["int8"]["runtime"] == "torch"
+    assert points["hardware"]["runtime"] == "onnxruntime" and points["hardware"]["latency"] == 0.3
+    assert points["raw_student"]["label"] == "raw student (no distillation)"
+
+
+def test_training_curves_legend_names_stages_and_the_baseline_apart():
+    from zoo.plots import BASELINE_LABEL, phase_label
+
+    assert phase_label("prune-a0") == "prune" and phase_label("prune-a1") == "prune, attempt 2"
+    assert phase_label("raw_student") == BASELINE_LABEL and phase_label("soft_distill") == "soft_distill"

@@ -251,6 +251,10 @@ def test_cli_distill_on_a_user_csv_then_eval(tmp_path):
     assert {"teacher", "raw_student", "distilled"} <= set(metrics["models"])
     for f in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "training_curves.png"):
         assert (out / f).exists(), f
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # the dataset as the user named it: the CSV's path
+    assert card.data.eval_results[0].dataset_name == str(csv) and "(csv)" not in card.text
     # --data without a recipe: the user-data recipe (every label; one teacher per modality trained here)
     assert metrics["run"]["recipe"] == "user" and metrics["run"]["recipe_settings"]["data"]["label_fraction"] == 1.0
     assert (out / "teachers" / "text" / "model.safetensors").exists()
@@ -386,3 +390,56 @@ def test_compression_stage_resumed_mid_recovery_keeps_its_fit_report(tiny_data, 
     stage = next(s for s in metrics["run"]["stages"] if s["name"] == "hardware_adapt")
     assert stage["status"] == "done" and stage["settings"]["latency_budget_ms"] == round(saved["budget_ms"], 3)
     assert metrics["models"]["hardware"]["latency_budget"] == saved
+
+
+@pytest.mark.slow
+def test_every_student_folder_has_its_own_card_and_metrics(tiny_data, tiny_teachers, tmp_path):
+    """raw_student/, pruned/ and int8/ each get a README.md (its model-index: that student's accuracy) and a
+    metrics.json, so each can be pushed alone; the lineage shows the compression stages' temperature and weights."""
+    from huggingface_hub import ModelCard
+
+    ov = [o for o in TINY if not o.startswith(("stages.prune", "stages.quant_finetune"))] + [
+        "stages.pretrain.steps=1", "stages.soft_distill.steps=2", "stages.mixed_distill.steps=2",
+        "stages.prune.steps=2", "stages.quant_finetune.steps=2", "train.accuracy_tolerance=1.0",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    metrics = distill("quickstart", out, data=tiny_data, teachers=tiny_teachers, overrides=ov, progress=False)
+    models = metrics["models"]
+    for folder, key in (("", "distilled"), ("raw_student", "raw_student"), ("pruned", "pruned"), ("int8", "int8")):
+        card = ModelCard.load(out / folder / "README.md")
+        assert [r.metric_value for r in card.data.eval_results] == [models[key]["accuracy"]], folder
+        sub = json.loads((out / folder / "metrics.json").read_text())
+        assert sub["run"]["final_model"] == key and sub["models"] == models
+        assert (out / folder / "training_curves.png").exists() and (out / folder / "accuracy_vs_latency.png").exists()
+    stages = {s["name"]: s for s in metrics["run"]["stages"]}
+    for name in ("prune", "quant_finetune"):
+        assert stages[name]["weights"] and stages[name]["temperature"], stages[name]
+    lineage = next(line for line in (out / "README.md").read_text().splitlines() if line.startswith("| prune |"))
+    assert "n/a" not in lineage, lineage
+
+
+def test_an_encoder_teacher_is_measured_without_accuracy():
+    """teacher_entry for teachers without logits (bare encoders): accuracy null and why, no failure."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from zoo.train.report import teacher_entry
+
+    class Encoder(nn.Module):
+        modality, num_classes = "text", None
+
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, samples, layers=()):
+            return SimpleNamespace(logits=None, embeds=torch.zeros(len(samples), 4))
+
+    class Rows(list):
+        def raw(self, i):
+            return {"id": str(i), "text": "one two", "label": i % 2}
+
+    run = SimpleNamespace(rows={"test": Rows(range(4))}, teachers={"text": Encoder()}, num_classes=2, criterion=None)
+    entry = teacher_entry(run, "test", 0)
+    assert entry["accuracy"] is None and entry["no_accuracy"] == "encoder teacher" and entry["params"] == 20

@@ -159,6 +159,60 @@ def test_export_cli_writes_onnx_and_metrics(tmp_path):
     assert main(["export", str(tmp_path)]) == 1  # no format asked for
 
 
+def test_onnx_file_carries_what_a_plain_session_needs(tmp_path):
+    """metadata_props read through a plain onnxruntime.InferenceSession: labels, modalities, inputs, preprocessing."""
+    import onnxruntime as ort
+
+    s = _student()
+    s.config.id2label = {"0": "cat", "1": "dog", "2": "bird"}
+    path = export_onnx(s, tmp_path / "m.onnx", example_batch(s, 2))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["id2label"]) == {"0": "cat", "1": "dog", "2": "bird"}
+    assert json.loads(meta["modalities"]) == MODS and meta["producer"] == "distill-zoo"
+    assert json.loads(meta["input_names"]) == [i.name for i in session.get_inputs()] == input_names(s)
+    pre = json.loads(meta["preprocessing"])
+    assert pre["image"]["image_size"] == s.config.image.image_size and "sample_rate" in pre["audio"]
+    b = example_batch(s, 2)
+    out = session.run(None, {k: b[k].numpy() for k in json.loads(meta["input_names"])})[0]
+    assert out.shape == (2, 3)
+
+
+def test_export_without_data_records_no_accuracy(tmp_path):
+    from zoo.bench import update_metrics
+    from zoo.cli import main
+
+    _student().save_pretrained(tmp_path)
+    update_metrics(tmp_path, {"distilled": {"accuracy": 0.9}, "pruned": {"accuracy": 0.8}})
+    assert main(["export", str(tmp_path), "--onnx"]) == 0
+    entry = json.loads((tmp_path / "metrics.json").read_text())["models"]["onnx_fp32"]
+    assert entry["accuracy"] is None and "--data" in entry["note"]  # not the pruned student's 0.8
+
+
+def test_files_are_written_with_the_users_umask(tmp_path):
+    import os
+    import stat
+
+    from safetensors import safe_open
+
+    from zoo.bench import update_metrics
+    from zoo.cards import write_card
+
+    old = os.umask(0o022)
+    try:
+        s = _student()
+        s.save_pretrained(tmp_path)
+        update_metrics(tmp_path, {"distilled": {"accuracy": 0.9}})
+        write_card(tmp_path)
+        export_onnx(s, tmp_path / "model.onnx", example_batch(s, 2))
+    finally:
+        os.umask(old)
+    for name in ("README.md", "metrics.json", "model.safetensors", "model.onnx", "config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:  # still a plain safetensors file
+        assert len(list(f.keys())) > 0
+
+
 def test_runtime_check_on_onnxruntime():
     from zoo.compress.hardware import count_macs, runtime_latency_ms
 

@@ -18,7 +18,7 @@ from zoo.catalogue import hub_id_for
 
 OFFLINE_HINT = (
     "To use it on a machine without network, download it where there is network "
-    "(e.g. `huggingface-cli download {id} --local-dir ./{local}` or `model.save_pretrained('./{local}')`), "
+    "(e.g. `hf download {id} --local-dir ./{local}` or `model.save_pretrained('./{local}')`), "
     "copy the folder here and pass the folder path instead of the hub id."
 )
 
@@ -44,12 +44,20 @@ def resolve_model_folder(
     token: str | None = None,
     allow_patterns: list[str] | None = None,
     required: tuple[str, ...] = ("config.json", "model.safetensors"),
+    subfolder: str | None = None,
 ) -> Path:
     """A local folder as is, or a hub repo (or a zoo catalogue name's repo) downloaded through the HF cache.
 
-    A hub id while offline (or unreachable) fails with a message saying how to pass a local folder instead.
+    ``subfolder`` (as in transformers' ``from_pretrained``) picks a folder inside it, e.g. a run's ``int8``;
+    ``"org/name/int8"`` is the same as ``"org/name", subfolder="int8"``. A hub id while offline (or unreachable)
+    fails with a message saying how to pass a local folder instead; files already in the HF cache load offline.
     """
     path = Path(os.fspath(name_or_path)).expanduser()
+    if subfolder and path.is_dir():
+        if not (path / subfolder).is_dir():
+            subs = sorted(p.name for p in path.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"{path} has no subfolder {subfolder!r}; its subfolders are {subs}.")
+        path = path / subfolder
     if path.is_dir():
         missing = [f for f in required if not (path / f).exists()]
         if missing:
@@ -59,12 +67,19 @@ def resolve_model_folder(
             )
         return path
 
-    name = hub_id_for(os.fspath(name_or_path))  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
+    name = os.fspath(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 2 or path.exists():
         raise FileNotFoundError(f"{name!r} is not a folder. Pass a folder written by save_pretrained, or a hub id.")
+    if name.count("/") == 2:  # org/name/subfolder
+        name, sub = name.rsplit("/", 1)
+        subfolder = f"{sub}/{subfolder}" if subfolder else sub
+    name = hub_id_for(name)  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
+    sub = (subfolder or "").strip("/")
     local = name.replace("/", "--")
     hint = OFFLINE_HINT.format(id=name, local=local)
     patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.md", "*.model", "*.png"]
+    if sub:
+        patterns = [f"{sub}/{p}" for p in patterns]
     try:
         folder = snapshot(name, patterns, revision=revision, cache_dir=cache_dir, token=token)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
@@ -73,4 +88,4 @@ def resolve_model_folder(
         raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
     except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx
         raise ConnectionError(f"cannot download {name!r}: {e}. {hint}") from e
-    return resolve_model_folder(Path(folder), required=required)
+    return resolve_model_folder(folder / sub if sub else folder, required=required)

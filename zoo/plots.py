@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,34 +47,64 @@ def png_figure(path: str | os.PathLike, nrows: int = 1, ncols: int = 1, **kwargs
         plt.close(fig)
 
 
-def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path | None:
-    """Loss, validation accuracy, temperature and KD multiplier against the global step, one colour per phase.
+BASELINE = "raw_student"
+BASELINE_LABEL = "raw student (baseline, no teacher)"
 
-    Returns the PNG path, or None when there is nothing to draw.
+
+def phase_label(phase: str) -> str:
+    """A phase's legend name: the stage, without the guard's attempt suffix ("prune-a0" -> "prune"; a later
+    attempt is "prune, attempt 2")."""
+    if phase == BASELINE:
+        return BASELINE_LABEL
+    m = re.fullmatch(r"(.+)-a(\d+)", phase)
+    if not m:
+        return phase
+    return m.group(1) if m.group(2) == "0" else f"{m.group(1)}, attempt {int(m.group(2)) + 1}"
+
+
+def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path | None:
+    """Loss, validation accuracy, temperature and KD multiplier against the step, one colour per stage.
+
+    The pipeline's stages are drawn against the run's step counted from its first stage; the raw-student baseline
+    (trained before them, for as many steps as the distillation stages together) is drawn apart, grey and dashed,
+    against its own step, so it overlays the distillation it is compared with. Returns the PNG path, or None when
+    there is nothing to draw.
     """
     train = [r for r in records if r.get("event") == "train"]
     evals = [r for r in records if r.get("event") == "eval"]
     if not train:
         return None
     phases = list(dict.fromkeys(r["phase"] for r in train))
+    offset = max((r["global_step"] for r in records if r.get("phase") == BASELINE and "global_step" in r), default=0)
+
+    def x(r: dict) -> int:
+        return r["step"] if r["phase"] == BASELINE else r["global_step"] - offset
+
     path = Path(path)
     with png_figure(path, 1, 3, figsize=(15, 4), dpi=100) as (_, axes):
-        for phase in phases:
+        colour = iter(f"C{i}" for i in range(100))
+        for phase in [p for p in phases if p != BASELINE] + [p for p in phases if p == BASELINE]:
             rs = [r for r in train if r["phase"] == phase]
-            axes[0].plot([r["global_step"] for r in rs], [r["loss"] for r in rs], label=phase)
+            name = phase_label(phase)
+            style = {"color": "grey", "ls": "--"} if phase == BASELINE else {"color": next(colour)}
+            axes[0].plot([x(r) for r in rs], [r["loss"] for r in rs], label=name, **style)
             es = [r for r in evals if r["phase"] == phase and r.get("val_accuracy") is not None]
             if es:
-                axes[1].plot([r["global_step"] for r in es], [100 * r["val_accuracy"] for r in es], "o-", label=phase)
+                axes[1].plot([x(r) for r in es], [100 * r["val_accuracy"] for r in es], marker="o", label=name, **style)
+            if phase == BASELINE:
+                continue  # no teacher: no temperature, no KD multiplier
             if any(r.get("temperature") for r in rs):
-                axes[2].plot([r["global_step"] for r in rs], [r.get("temperature") for r in rs], label=f"T {phase}")
+                axes[2].plot([x(r) for r in rs], [r.get("temperature") for r in rs], label=f"T, {name}", **style)
             if any(r.get("multiplier") is not None for r in rs):
                 axes[2].step(
-                    [r["global_step"] for r in rs],
+                    [x(r) for r in rs],
                     [r.get("multiplier") for r in rs],
                     where="post",
-                    label=f"KD x {phase}",
+                    label=f"KD x, {name}",
+                    ls=":",
+                    color=style["color"],
                 )
-        axes[0].set(title="training loss", xlabel="step", yscale="log")
+        axes[0].set(title="training loss (each stage's own loss)", xlabel="step", yscale="log")
         axes[1].set(title="validation accuracy (%)", xlabel="step")
         axes[2].set(title="temperature and KD multiplier", xlabel="step")
         for ax in axes:

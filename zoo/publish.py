@@ -4,8 +4,9 @@ Before anything goes up, ``validate_folder_for_push`` proves the folder is compl
 and model.safetensors rebuild the student strictly, the card parses and names the library, metrics.json is
 valid, and no pickled file (.bin, .pt, .pkl, ...) is present. Only the files it lists are uploaded: the student,
 the run's other students in subfolders (raw_student/, pruned/, int8/), its card, metrics and plots; resume
-checkpoints, the teacher cache and teachers trained for the run stay local. Loading
-from the hub is ``zoo.load(hub_id)`` (see ``zoo.hub.resolve_model_folder``).
+checkpoints, the teacher cache and teachers trained for the run stay local. The cards are rendered for the repo
+in memory, so the folder is never changed by a push. Loading from the hub is ``zoo.load(hub_id)`` or
+``zoo.load(hub_id, subfolder="int8")`` (see ``zoo.hub.resolve_model_folder``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,32 @@ import os
 from pathlib import Path
 
 from zoo.bench import read_metrics
-from zoo.cards import CARD_MARKER, CARD_NAME, student_subfolders, write_card
+from zoo.cards import CARD_MARKER, CARD_NAME, build_card, student_subfolders
+from zoo.runs import METRICS_NAME
 from zoo.students import load_student
 
 UPLOAD_PATTERNS = ("*.json", "*.jsonl", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.onnx")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
 
 
-def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
+def render_cards(folder: str | os.PathLike, repo_id: str) -> dict[str, str]:
+    """The cards a push uploads, rendered in memory for ``repo_id`` ({path in the repo: card text}): the folder's
+    and each student subfolder's that holds a metrics.json (its usage code loads ``repo_id, subfolder=...``)."""
+    folder = Path(folder)
+    cards = {}
+    if (folder / METRICS_NAME).exists():
+        cards[CARD_NAME] = str(build_card(folder, repo_id=repo_id, make_plot=False))
+    for d in student_subfolders(folder):
+        if (d / METRICS_NAME).exists():
+            cards[f"{d.name}/{CARD_NAME}"] = str(build_card(d, repo_id=repo_id, subfolder=d.name, make_plot=False))
+    return cards
+
+
+def validate_folder_for_push(folder: str | os.PathLike, cards: dict[str, str] | None = None) -> list[str]:
     """Check that ``folder`` is a complete student that loads back; return the files (relative paths) to upload.
 
-    Raises ValueError / FileNotFoundError naming the file at fault and how to fix it.
+    ``cards`` ({path in the repo: text}, from ``render_cards``) replace the README.md files on disk. Raises
+    ValueError / FileNotFoundError naming the file at fault and how to fix it.
     """
     from fnmatch import fnmatch
 
@@ -47,11 +63,12 @@ def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
         )
     for d in students:
         load_student(d)  # strict: missing, extra or mis-shaped tensors are errors naming the file
+    cards = cards or {}
     card_path = folder / CARD_NAME
-    if not card_path.exists():
+    if CARD_NAME not in cards and not card_path.exists():
         raise FileNotFoundError(f"{card_path} is missing; write the model card with `zoo card {folder}`.")
     try:
-        card = ModelCard.load(card_path)
+        card = ModelCard(cards[CARD_NAME]) if CARD_NAME in cards else ModelCard.load(card_path)
     except Exception as e:  # huggingface_hub raises ValueError or yaml errors for a broken header
         raise ValueError(f"{card_path} is not a valid model card ({e}); regenerate it with `zoo card {folder}`.") from e
     if CARD_MARKER not in card.text or card.data.library_name != "distill-zoo":
@@ -66,6 +83,7 @@ def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
                 json.loads((folder / f).read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{folder / f} is not valid JSON ({e}); re-save the student.") from e
+    files = sorted(set(files) | set(cards))
     return [f for f in files if any(fnmatch(Path(f).name, p) for p in UPLOAD_PATTERNS)]
 
 
@@ -77,26 +95,29 @@ def push_folder(
     message: str | None = None,
     token: str | None = None,
 ) -> str:
-    """Upload a student folder to the hub repo ``repo_id`` (created if needed); returns the commit URL.
+    """Upload a student folder to the hub repo ``repo_id`` (created if needed) in one commit; returns its URL.
 
-    When the folder holds a metrics.json, its card is regenerated first so its usage code loads ``repo_id``.
+    The cards are rendered for ``repo_id`` (their usage code loads it) and uploaded from memory: the folder is
+    left as it was, whether the push succeeds or fails.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     folder = Path(folder)
-    if (folder / "metrics.json").exists():
-        write_card(folder, repo_id=repo_id)
-    files = validate_folder_for_push(folder)
+    cards = render_cards(folder, repo_id)
+    files = validate_folder_for_push(folder, cards)
+    operations = [
+        CommitOperationAdd(path_in_repo=f, path_or_fileobj=cards[f].encode() if f in cards else str(folder / f))
+        for f in files
+    ]
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
+        commit = api.create_commit(
             repo_id=repo_id,
-            folder_path=str(folder),
+            operations=operations,
             repo_type="model",
             commit_message=message or f"Upload {repo_id} with distill-zoo",
-            allow_patterns=files,
         )
     except OfflineModeIsEnabled as e:
         raise ConnectionError(

@@ -1,14 +1,16 @@
 """The run folder's schema: which models a run measures, in which order, under which label, in which subfolder.
 
 One table (``RUN_MODELS``) read by the report (``zoo.train.report``), the benchmark helpers (``zoo.bench``: the
-order of metrics.json) and the cards (``zoo.cards``: table rows, labels, the model-index). A model key not listed
-keeps its metrics.json key as label and comes after the listed ones. No torch here: ``zoo --help`` imports it.
+order of metrics.json) and the cards (``zoo.cards``: table rows, labels). A model key not listed keeps its
+metrics.json key as label and comes after the listed ones. No torch here: ``zoo --help`` imports it.
 
 Output folder of ``zoo distill``::
 
     OUT/config.json, model.safetensors, tokenizer*    the distilled student
     OUT/raw_student/                                  the CE-only baseline
     OUT/pruned/, OUT/int8/, OUT/hardware/             the compression stages (when they ran and were kept)
+                                                      each student folder also holds its own README.md card,
+                                                      metrics.json (run.final_model: its key) and curves
     OUT/teachers/<modality>/                          teachers trained here (quickstart)
     OUT/metrics.json, metrics.jsonl, training_curves.png, README.md
     OUT/checkpoints/<phase>/step-<n>/                 resume points (zoo.checkpoint: safetensors + JSON)
@@ -33,14 +35,12 @@ class RunModel:
         key: the model's key in metrics.json's ``models``.
         label: its display name.
         folder: where its weights are, relative to the run folder ("" for the top, None when not a student folder).
-        model_index: whether its test accuracy goes into the card's model-index.
         float_weights: whether it is a float student (a later compression step is compared with the last one).
     """
 
     key: str
     label: str
     folder: str | None = None
-    model_index: bool = True
     float_weights: bool = True
 
 
@@ -52,14 +52,13 @@ RUN_MODELS: tuple[RunModel, ...] = (
     RunModel("finetuned", "fine-tuned student", ""),
     RunModel("pruned", "pruned + KD recovery", "pruned"),
     RunModel("int8", "int8", "int8", float_weights=False),
-    RunModel("onnx_fp32", "ONNX fp32", model_index=False),
-    RunModel("onnx_int8", "ONNX int8", "int8", model_index=False, float_weights=False),
+    RunModel("onnx_fp32", "ONNX fp32"),
+    RunModel("onnx_int8", "ONNX int8", "int8", float_weights=False),
     RunModel("hardware", "fitted to a latency budget", "hardware"),
 )
 MODELS = {m.key: m for m in RUN_MODELS}
 MODEL_ORDER = [m.key for m in RUN_MODELS]
 MODEL_LABELS = {m.key: m.label for m in RUN_MODELS}
-EVAL_MODELS = tuple(m.key for m in RUN_MODELS if m.model_index)
 
 
 def label(key: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from zoo.bench import accuracy as top1
-from zoo.bench import count_params, folder_size_bytes, model_entry, read_metrics, update_metrics
+from zoo.bench import count_params, folder_size_bytes, model_entry, update_metrics
 from zoo.compress.export import (
     DEFAULT_OPSET,
     ONNX_NAME,
@@ -38,14 +38,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     latency = onnx_latency_ms(session, {k: v[:1] for k, v in batch.items()})
     quantized = is_quantized(student)
     name = "onnx_int8" if quantized else "onnx_fp32"
+    accuracy, extra = None, {"note": "accuracy not measured: pass --data to measure the ONNX graph"}
     if args.data:  # the exported graph itself, on the test split, through the student's own preprocessing
         data = load(args.data)
         split = "test" if "test" in data.splits else list(data.splits)[-1]
         accuracy = top1(lambda samples: run_onnx(session, student.preprocess(samples)), data[split])
-    else:  # same weights as the torch student: its known accuracy, or null
-        models = read_metrics(folder)["models"]
-        known = models.get("int8") if quantized else models.get("pruned") or models.get("distilled")
-        accuracy = (known or {}).get("accuracy")
+        extra = {"split": split}
     entry = model_entry(
         accuracy=accuracy or 0.0,
         params=count_params(student),
@@ -55,6 +53,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         file=out.name,
         max_abs_logit_diff_vs_torch=round(diff, 6),
+        **extra,
     )
     entry["accuracy"] = accuracy if accuracy is None else entry["accuracy"]  # null when unknown, never a made-up 0
     update_metrics(folder, {name: entry})

@@ -24,6 +24,7 @@ a uint8 quantization of zero point 0 is dropped by ONNX Runtime itself: the quan
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import warnings
@@ -49,6 +50,24 @@ def input_names(student: nn.Module) -> list[str]:
 def output_names(student: nn.Module) -> list[str]:
     tasks = list(student.config.tasks)
     return ["logits"] if len(tasks) == 1 else [f"logits_{t}" for t in tasks]
+
+
+def onnx_metadata(student: nn.Module) -> dict[str, str]:
+    """What a caller of the bare ONNX file needs, as its ``metadata_props`` (strings; JSON for structures): the
+    labels, modalities, input and output names, and each modality's preprocessing settings from config.json."""
+    config = student.config.to_dict()
+    modalities = list(config["modalities"])
+    return {
+        "producer": "distill-zoo",
+        "architecture": str(config.get("architecture")),
+        "modalities": json.dumps(modalities),
+        "input_names": json.dumps(input_names(student)),
+        "output_names": json.dumps(output_names(student)),
+        "id2label": json.dumps(config.get("id2label") or {}),
+        "preprocessing": json.dumps({m: config.get(m) for m in modalities}),
+        "preprocessing_note": "inputs are what zoo.load(folder).preprocess(samples) returns (text: the folder's "
+        "tokenizer.json); the settings above say how each modality is turned into those tensors",
+    }
 
 
 def example_batch(student: nn.Module, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -204,7 +223,7 @@ def export_onnx(
     """Write the student (float or int8) to ``path`` as ONNX with a dynamic batch axis; returns the path.
 
     ``batch`` is an example flat batch (default: ``example_batch(student, 2)``); labels are ignored. The file is
-    written atomically and checked with ``onnx.checker``.
+    written atomically, carries ``onnx_metadata(student)`` as metadata_props and is checked with ``onnx.checker``.
     """
     import onnx
 
@@ -237,8 +256,10 @@ def export_onnx(
                 do_constant_folding=True,
             )
             model = onnx.load(str(tmp))
-            if _shape_reads_skip_qdq(model) + _static_reshapes(model):
-                onnx.save(model, str(tmp))
+            _shape_reads_skip_qdq(model)
+            _static_reshapes(model)
+            onnx.helper.set_model_props(model, onnx_metadata(student))
+            onnx.save(model, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
     finally:
         student.train(was_training)

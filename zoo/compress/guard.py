@@ -18,11 +18,18 @@ def compare_answers(before: torch.Tensor, after: torch.Tensor, labels: torch.Ten
     return float((before == after).float().mean()), lost, gained
 
 
+def fmt_settings(settings: dict) -> str:
+    """A stage attempt's settings for a log line, numbers rounded: "keep=0.7, latency_budget_ms=0.235"."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+
+
 def compression_stage(run, name: str, stage: Stage, student: nn.Module) -> tuple[nn.Module, dict]:
     """Run a compression stage (``COMPRESSION_STAGES[name]``) under the accuracy guard: each attempt prepares a
     candidate, recovers it with KD (``zoo.train.loop``), finalizes it and is kept when validation accuracy drops
     by at most the stage's tolerance; else it is rolled back and the next (milder) attempt is tried."""
     summary = {"name": name, "steps": 0, "lr": stage.lr, "rollbacks": [], "status": "skipped"}
+    # the recovery's own settings, as a distillation stage records them (the card's lineage table shows them)
+    summary.update(weights=stage.weights.as_dict(), temperature=[stage.temperature.at(0.0), stage.temperature.at(1.0)])
     spec = COMPRESSION_STAGES[name]
     start = run.evaluate(student)
     before = start["accuracy"]
@@ -53,17 +60,19 @@ def compression_stage(run, name: str, stage: Stage, student: nn.Module) -> tuple
         if drop <= tol:
             summary["status"] = "done"
             run.log(
-                f"{name}: {settings}: validation accuracy {100 * before:.2f}% -> {100 * after:.2f}% ({churn}), "
-                f"{100 * agreement:.1f}% of answers unchanged (kept)"
+                f"{name}: {fmt_settings(settings)}: validation accuracy {100 * before:.2f}% -> {100 * after:.2f}% "
+                f"({churn}), {100 * agreement:.1f}% of answers unchanged (kept)"
             )
             return candidate, summary
         event = {"settings": settings, "accuracy_before": before, "accuracy_after": after, "drop": drop,
                  "answers_lost": lost, "answers_gained": gained}  # fmt: skip
         summary["rollbacks"].append(event)
-        milder = f"; retrying with {attempts[i + 1]}" if i + 1 < len(attempts) else "; no milder setting left"
+        milder = (
+            f"; retrying with {fmt_settings(attempts[i + 1])}" if i + 1 < len(attempts) else "; no milder setting left"
+        )
         run.log(
             f"{name}: accuracy guard: validation accuracy fell {100 * drop:.2f} points (> {100 * tol:.2f}; "
-            f"{churn}) with {settings}: rolled back to the previous student{milder}"
+            f"{churn}) with {fmt_settings(settings)}: rolled back to the previous student{milder}"
         )
         run.record(event="rollback", phase=name, global_step=run.global_step, reason="accuracy guard", **event)
     summary["status"] = "rolled back"

@@ -29,7 +29,7 @@ from zoo.compress.export import export_onnx, onnx_latency_ms, onnx_session, run_
 from zoo.compress.guard import compare_answers
 from zoo.compress.stages import COMPRESSION_STAGES
 from zoo.modalities import IGNORE_INDEX
-from zoo.plots import plot_training_curves, read_jsonl
+from zoo.plots import CURVES_NAME, plot_training_curves, read_jsonl
 from zoo.runs import JSONL_NAME, MODELS
 from zoo.students import load_student
 from zoo.train.rows import collate_rows, split_inputs
@@ -122,7 +122,12 @@ def measure(run) -> dict:
     section = {
         "recipe": r.name,
         "recipe_settings": r.to_dict(),
-        "dataset": {"name": run.data.source, "splits": {k: len(v) for k, v in run.data.splits.items()}},
+        # id: the source as the user gave it, a hub id or a path (the card's dataset); none for a Data object
+        "dataset": {
+            "name": run.data.source,
+            "id": r.data.source,
+            "splits": {k: len(v) for k, v in run.data.splits.items()},
+        },
         "split": split,
         "student": r.student,
         "teachers": {m: str(p) for m, p in run.teacher_paths.items()},
@@ -138,11 +143,19 @@ def measure(run) -> dict:
     data = None
     if run.is_main:
         data = update_metrics(run.out, models=models, run=section)
-        plot_training_curves(read_jsonl(run.out / JSONL_NAME), run.out / "training_curves.png")
-        try:
-            write_card(run.out)
-        except Exception as e:  # a card problem must not lose a finished run
-            run.log(f"model card not written: {type(e).__name__}: {e}")
+        curves = plot_training_curves(read_jsonl(run.out / JSONL_NAME), run.out / CURVES_NAME)
+        # every student folder is complete on its own (pushed alone, it keeps its card, metrics and curves): the
+        # same comparison, with run.final_model naming the folder's own model for its card's model-index
+        folders = {run.out: "distilled", **{run.out / MODELS[k].folder: k for k in students if k != "distilled"}}
+        for folder, key in folders.items():
+            if folder != run.out:
+                update_metrics(folder, models=data["models"], run={**section, "final_model": key})
+                if curves is not None:
+                    shutil.copy2(curves, folder / CURVES_NAME)
+            try:
+                write_card(folder)
+            except Exception as e:  # a card problem must not lose a finished run
+                run.log(f"model card of {folder} not written: {type(e).__name__}: {e}")
         print("\n" + format_table(data), flush=True)
     acc.wait_for_everyone()
     return data
@@ -212,10 +225,15 @@ def teacher_entry(run, split: str, example: int) -> dict:
                 outs[m] = t(batch, layers=[])
         return run.criterion.teacher_log_probs(outs, 1.0, len(batch))[0]
 
-    acc = accuracy(predict, samples, batch_size=64)
     one = [samples[example]]
+    classifiers = [t for t in run.teachers.values() if t.num_classes == run.num_classes]
+    # an encoder teacher (embeddings only, no logits) has no accuracy to report: null, and the card says why
+    acc = accuracy(predict, samples, batch_size=64) if classifiers else None
+    extra = {} if classifiers else {"no_accuracy": "encoder teacher"}
     with one_thread(), torch.inference_mode():
         ms = median_ms(lambda: [t(one, layers=[]) for t in run.teachers.values() if carries(t, one[0])], 10, 2)
     params = sum(sum(p.numel() for p in t.parameters()) for t in run.teachers.values())
     size = sum(sum(p.numel() * p.element_size() for p in t.parameters()) for t in run.teachers.values())
-    return model_entry(accuracy=acc, params=params, size_bytes=size, latency_ms=ms, teachers=list(run.teachers))
+    entry = model_entry(accuracy=acc or 0.0, params=params, size_bytes=size, latency_ms=ms, teachers=list(run.teachers))
+    entry.update(accuracy=entry["accuracy"] if classifiers else None, **extra)
+    return entry

@@ -37,6 +37,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from transformers.utils import logging as hf_logging
 
+from zoo import console
 from zoo import data as zdata
 from zoo.compress.guard import compression_stage
 from zoo.controller import BanditController
@@ -107,7 +108,7 @@ class Run:
         """A line for the run's log: printed on the main process and kept in run.log."""
         if self.is_main:
             line = f"[zoo distill] {message}"
-            print(line, flush=True)
+            console.log(line)  # hidden by `zoo -q`; run.log keeps every line
             with open(self.out / "run.log", "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
