@@ -1,8 +1,10 @@
 """The hub resolver: a local folder as is, else a hub id (or a zoo catalogue name) through the HF cache.
 
-Students (``zoo.load``) and teachers (``zoo.teachers.load_teacher``) download through ``snapshot``, with one
-offline check: with ``HF_HUB_OFFLINE`` set only the cache answers, and a missing repo fails with a message saying
-how to pass a local folder instead. Publishing a student is ``zoo.publish``.
+A catalogue name whose entry ships its weights (``zoo.catalogue.shipped_folder``) loads from the installed package:
+offline always, online when the hub does not have it (yet). Students (``zoo.load``) and teachers
+(``zoo.teachers.load_teacher``) download through ``snapshot``, with one offline check: with ``HF_HUB_OFFLINE`` set only
+the cache answers, and a missing repo fails with a message saying how to pass a local folder instead. Publishing a
+student is ``zoo.publish``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import huggingface_hub
 from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-from zoo.catalogue import hub_id_for
+from zoo.catalogue import find, shipped_folder
 
 OFFLINE_HINT = (
     "To use it on a machine without network, download it where there is network "
@@ -73,7 +75,11 @@ def resolve_model_folder(
     if name.count("/") == 2:  # org/name/subfolder
         name, sub = name.rsplit("/", 1)
         subfolder = f"{sub}/{subfolder}" if subfolder else sub
-    name = hub_id_for(name)  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
+    entry = find(name) if "\n" not in name else None  # a name from the zoo's catalogue (`zoo list`)
+    shipped = shipped_folder(entry) if entry else None
+    if shipped is not None and is_offline() and revision is None:  # the installed package's copy, no hub call
+        return resolve_model_folder(shipped, required=required, subfolder=subfolder)
+    name = entry["hub_id"] if entry else name
     sub = (subfolder or "").strip("/")
     local = name.replace("/", "--")
     hint = OFFLINE_HINT.format(id=name, local=local)
@@ -82,10 +88,12 @@ def resolve_model_folder(
         patterns = [f"{sub}/{p}" for p in patterns]
     try:
         folder = snapshot(name, patterns, revision=revision, cache_dir=cache_dir, token=token)
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
-        raise ConnectionError(f"cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}") from e
-    except HfHubHTTPError as e:
-        raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
-    except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx
-        raise ConnectionError(f"cannot download {name!r}: {e}. {hint}") from e
+    except OSError as e:  # huggingface_hub's errors and connection errors (requests / httpx) are OSErrors
+        if shipped is not None and revision is None:  # online, but the hub does not have it (yet)
+            return resolve_model_folder(shipped, required=required, subfolder=subfolder)
+        if isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
+            why = ": offline (HF_HUB_OFFLINE is set or no network)"
+        else:
+            why = f" from the hub ({e})" if isinstance(e, HfHubHTTPError) else f": {e}"
+        raise ConnectionError(f"cannot download {name!r}{why}. {hint}") from e
     return resolve_model_folder(folder / sub if sub else folder, required=required)

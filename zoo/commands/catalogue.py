@@ -10,8 +10,9 @@ from zoo.catalogue import add_from_run, print_catalogue
 
 def _cmd_catalogue(args: argparse.Namespace) -> int:
     if args.action == "add":
-        entry = add_from_run(args.run_dir, args.name, args.hub_id)
-        print(f"added {entry['name']} ({entry['hub_id']}); card: {entry['card']}")
+        entry = add_from_run(args.run_dir, args.name, args.hub_id, ship=args.ship)
+        shipped = f"; weights shipped in model_cards/{entry['folder']}/" if entry.get("folder") else ""
+        print(f"added {entry['name']} ({entry['hub_id']}); card: {entry['card']}{shipped}")
     print_catalogue()
     return 0
 
@@ -25,5 +26,8 @@ def add_cli(sub) -> None:
         "--name", required=True, help="org/short-name or short-name, e.g. distill-zoo/hybrid-tiny-quickstart"
     )
     add.add_argument("--hub-id", default=None, help="hub repo the student is published at (default: the name)")
+    add.add_argument(
+        "--ship", action="store_true", help="copy the weights into model_cards/: the name loads offline (package data)"
+    )
     actions.add_parser("list", help="print the published students")
     p.set_defaults(func=_cmd_catalogue)
