@@ -1,13 +1,14 @@
 """The student contract: what the trainer, compression, export and cards need from a student family.
 
-A family subclasses ``Student`` and implements ``forward_features``, ``forward_head``, ``forward_intermediates``
-and ``token_grid``; it declares its own structure to generic code with ``no_weight_decay()`` (as timm models do)
-and ``prunable_groups()`` / ``pruned_config(counts)`` (which widths structured pruning may cut, and the config of
-the student with those widths). ``Student`` gives the rest from the modality registry and the config dataclass
-(``config_class``: ``modalities``, ``tasks``, ``architecture``, ``quantization``, one field per modality):
-``forward``, ``preprocessors``, ``preprocess``, ``input_names``, ``set_tokenizer`` and strict save / load of
-config.json + model.safetensors (never pickle). ``load_student`` (``zoo.load``) reads config.json's
-``architecture``, finds the family through ``zoo.registry`` and re-applies the int8 scheme a config records.
+A family subclasses ``Student`` and implements ``forward_features``, ``forward_head``, ``forward_intermediates``,
+``token_grid`` and ``reset_head`` (fresh heads, to fine-tune on other labels); it declares its own structure to generic
+code with ``no_weight_decay()`` (as timm models do) and ``prunable_groups()`` / ``pruned_config(counts)`` (which widths
+structured pruning may cut, and the config of the student with those widths). ``Student`` gives the rest from the
+modality registry and the config dataclass (``config_class``: ``modalities``, ``tasks``, ``architecture``,
+``quantization``, one field per modality): ``forward``, ``preprocessors``, ``preprocess``, ``input_names``,
+``set_tokenizer`` and strict save / load of config.json + model.safetensors (never pickle). ``load_student``
+(``zoo.load``) reads config.json's ``architecture``, finds the family through ``zoo.registry`` and re-applies the int8
+scheme a config records.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class Student(
     def token_grid(self, modality: str) -> tuple[int, int]:
         """(h, w) of a modality's token grid, to reshape tokens into feature maps."""
         raise NotImplementedError
+
+    def reset_head(self, tasks: dict[str, int], id2label: dict | None = None) -> None:
+        """Replace the task heads with fresh ones, ``tasks``: name -> outputs (fine-tuning on other labels)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replace its heads.")
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters (beyond vectors) that get no weight decay, e.g. position embeddings."""

@@ -247,6 +247,14 @@ class HybridStudent(Student):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    def reset_head(self, tasks: dict[str, int], id2label: dict | None = None) -> None:
+        """Replace every task head with a fresh one per ``tasks`` (name -> outputs), initialised as a new student's;
+        the trunk keeps its weights. ``config.tasks`` and ``config.id2label`` (of the first task) follow."""
+        device = self.norm.weight.device
+        self.heads = nn.ModuleDict({t: nn.Linear(self.config.embed_dim, int(n)) for t, n in tasks.items()}).to(device)
+        self.heads.apply(self._init_weights)
+        self.config = dataclasses.replace(self.config, tasks=dict(tasks), id2label=id2label)  # validates id2label
+
     # ---------------------------------------------------------------------------------------------- forward
     def _embed(self, inputs: dict) -> tuple[dict, dict, dict, torch.Tensor]:
         """Inputs -> per-modality tokens (B, N_m, D), grids, token validity (B, N_m) and presence (B, M)."""

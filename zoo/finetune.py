@@ -16,6 +16,8 @@ import random
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 import zoo
 import zoo.data
 from zoo import bench
@@ -48,19 +50,14 @@ def _base_model_id(name: str) -> str:
     return hub_id_for(name)
 
 
-def replace_heads_for_labels(student, id2label: dict) -> bool:
-    """Give the student's first task a fresh head when ``id2label`` differs from its own; True when replaced."""
-    from torch import nn
-
+def replace_heads_for_labels(student, id2label: dict, task: str = "label") -> bool:
+    """Give the student one fresh ``task`` head sized to ``id2label`` (through the family's public ``reset_head``)
+    unless it already predicts exactly those labels; True when replaced. A pretrained student's task (e.g. the
+    ``embedding`` head of a task-agnostic text student) is dropped: only the trunk is the starting point."""
     new = {str(k): str(v) for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
-    task = next(iter(student.config.tasks))
-    if student.config.id2label == new and student.config.tasks[task] == len(new):
+    if student.config.tasks == {task: len(new)} and student.config.id2label == new:
         return False
-    old = student.heads[task]
-    student.heads[task] = nn.Linear(old.in_features, len(new)).to(old.weight.device)
-    student._init_weights(student.heads[task])
-    student.config.tasks = {**student.config.tasks, task: len(new)}
-    student.config.id2label = new
+    student.reset_head({task: len(new)}, id2label=new)
     return True
 
 
@@ -110,11 +107,15 @@ def finetune(
     weight_decay: float = 0.05,
     seed: int = 0,
     latency_repeats: int = 10,
+    on_error: str = "raise",
+    progress: bool = True,
 ) -> Path:
     """Fine-tune ``student`` (catalogue name, hub id or folder) on ``data`` (a ``zoo.data.load`` source or its
     result) and write the new student folder ``out_dir``; returns ``out_dir``.
 
     The loss is CE, or ``(1 - kd_weight) * CE + kd_weight * KD`` averaged over ``teachers`` ({modality: path}).
+    ``on_error="skip"`` drops the data's bad rows instead of stopping (``zoo.data.load``); ``progress`` shows a bar
+    on a terminal.
     """
     import torch
 
@@ -123,7 +124,7 @@ def finetune(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     source = data if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
-    data = zoo.data.load(data) if isinstance(data, (str, os.PathLike)) else data
+    data = zoo.data.load(data, on_error=on_error, seed=seed) if isinstance(data, (str, os.PathLike)) else data
     model = zoo.load(str(student))
     if model.config.quantization:
         raise ValueError(
@@ -154,6 +155,8 @@ def finetune(
     order: list[int] = []
     history: list[dict] = []
     model.train()
+    # disable=None: a bar on a terminal only, so a log file gets no bar redraws
+    bar = tqdm(total=steps, desc="finetune", disable=None if progress else True, leave=False)
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         if len(order) < batch_size:
@@ -190,6 +193,9 @@ def finetune(
         opt.step()
         sched.step()
         history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+    bar.close()
     train_seconds = time.perf_counter() - t0
     model.eval()
 

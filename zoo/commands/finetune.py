@@ -1,4 +1,5 @@
-"""``zoo finetune STUDENT --data SOURCE``: fine-tune a pretrained student on a user's data (``zoo.finetune``)."""
+"""``zoo finetune STUDENT --data SOURCE [--teacher MODALITY=DIR] [--out DIR]``: fine-tune a pretrained student (a
+catalogue name such as ``hybrid-tiny-text``, a hub id or a folder) on a user's data (``zoo.finetune``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from zoo import console
 from zoo.bench import format_table
 from zoo.commands._shared import parse_teachers
 from zoo.finetune import finetune
@@ -28,6 +30,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             temperature=args.temperature,
             seed=args.seed,
+            on_error="skip" if args.skip_bad else "raise",
+            progress=console.progress,
         )
     except OSError as e:  # a hub id, catalogue name or teacher id while offline; a missing folder
         print(f"zoo finetune: error: {e}", file=sys.stderr)
@@ -49,4 +53,5 @@ def add_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--temperature", type=float, default=2.0, help="KD temperature (with --teacher)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true", help="drop rows with problems instead of stopping")
     p.set_defaults(func=_cmd_finetune)
