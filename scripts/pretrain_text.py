@@ -18,6 +18,11 @@ The result is written with ``save_pretrained`` (config.json + model.safetensors 
 replaces the ``embedding`` head with one sized to the task's labels.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_text.py --out model_cards/hybrid-tiny-text
+
+Then ship it (a catalogue entry with ``"folder": "hybrid-tiny-text"``; the files are package data), so
+``zoo.load("hybrid-tiny-text")`` works offline with an empty HF cache::
+
+    .venv/bin/zoo catalogue add model_cards/hybrid-tiny-text --name distill-zoo/hybrid-tiny-text --ship
 """
 
 from __future__ import annotations

@@ -1,0 +1,163 @@
+"""The zoo's own students: weights shipped in model_cards/ load offline with an empty HF cache, `zoo list` shows them,
+and `zoo finetune NAME --data CSV` starts from the shipped body with a fresh head for the data's labels.
+
+The pretrained student is a tiny text ``hybrid_test`` with a task-agnostic ``embedding`` head (as
+``scripts/pretrain_text.py`` writes ``hybrid-tiny-text``), shipped in a temporary catalogue.
+"""
+
+import csv
+import fnmatch
+import json
+from pathlib import Path
+from unittest import mock
+
+import huggingface_hub
+import pytest
+import tomllib
+import torch
+from huggingface_hub.errors import RepositoryNotFoundError
+
+import zoo
+import zoo.catalogue as catalogue
+from zoo.cli import main
+from zoo.finetune import finetune
+
+NAME = "hybrid-test-text"
+WORDS = {"low": ["zero one two", "one two three"], "high": ["seven eight nine", "six seven eight"]}
+
+
+def _trunk(student) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in student.state_dict().items() if not k.startswith("heads.")}
+
+
+@pytest.fixture
+def pretrained(tmp_path, tiny_tokenizer):
+    """A 'pretrained' text student: an embedding head of 32 outputs and a body unlike any fresh initialisation."""
+    torch.manual_seed(123)
+    student = zoo.create_student("hybrid_test", modalities=["text"], tasks={"embedding": 32}, tokenizer=tiny_tokenizer)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.5)
+    folder = tmp_path / "pretrain-out"
+    student.save_pretrained(folder)
+    (folder / "pretraining.json").write_text(json.dumps({"teacher": "tiny", "steps": 0}))
+    return folder
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch, pretrained):
+    """The pretrained folder shipped in a temporary catalogue; an empty HF cache; no hub call allowed."""
+    cards = tmp_path / "model_cards"
+    monkeypatch.setattr(catalogue, "CATALOGUE_PATH", cards / "catalogue.json")
+    entry = catalogue.add_from_run(pretrained, f"distill-zoo/{NAME}", ship=True, cards_dir=cards)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("offline, a shipped student must not go through the hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    return cards, entry
+
+
+@pytest.fixture
+def label_csv(tmp_path):
+    path = tmp_path / "words.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(20):
+            for label, texts in WORDS.items():
+                w.writerow([texts[i % 2], label])
+    return path
+
+
+def test_shipped_entry_loads_offline_with_an_empty_cache(shipped, pretrained, forbid_unpickling):
+    cards, entry = shipped
+    assert entry["folder"] == NAME and entry["card"] is None  # a pretraining folder has no metrics, so no card
+    assert {p.name for p in (cards / NAME).iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    forbid_unpickling("loading a shipped student")
+    student = zoo.load(NAME)
+    assert student.config.tasks == {"embedding": 32} and student.tokenizer is not None
+    assert student.source_folder == cards / NAME
+    expected = zoo.load(str(pretrained)).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in student.state_dict().items())
+    assert not list((Path(huggingface_hub.constants.HF_HUB_CACHE)).glob("*"))  # nothing went into the cache
+
+
+def test_shipped_entry_online_prefers_the_hub_and_falls_back_to_the_package(shipped, tmp_path, monkeypatch):
+    cards, _ = shipped
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def not_uploaded(repo_id, **kwargs):
+        calls.append(repo_id)
+        raise RepositoryNotFoundError(f"{repo_id} not found", response=mock.Mock(status_code=404, headers={}))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_uploaded)
+    assert zoo.load(NAME).source_folder == cards / NAME and calls == [f"distill-zoo/{NAME}"]
+
+    hub_copy = tmp_path / "hub-copy"
+    zoo.load(NAME).save_pretrained(hub_copy)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(hub_copy))
+    assert zoo.load(NAME).source_folder == hub_copy  # once uploaded, the hub id is used
+
+
+def test_zoo_list_shows_the_shipped_student(shipped, capsys):
+    assert main(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(NAME))
+    assert "text" in row.split() and "embedding (32 outputs)" in row and "shipped" in row
+    assert " MB" in row and row.split()[-1] == f"distill-zoo/{NAME}"
+
+
+def test_finetune_a_shipped_name_gets_a_label_head_on_the_pretrained_body(shipped, pretrained, label_csv, tmp_path):
+    out = finetune(NAME, str(label_csv), tmp_path / "ft", steps=1, lr=1e-6, batch_size=8, latency_repeats=1)
+    student = zoo.load(str(out))
+    assert student.config.tasks == {"label": 2} and student.config.id2label == {"0": "high", "1": "low"}
+    assert list(student.heads) == ["label"] and student.heads["label"].out_features == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["heads_replaced"] is True and metrics["run"]["base_model"] == f"distill-zoo/{NAME}"
+    assert (out / "README.md").exists() and (out / "tokenizer.json").exists()
+
+    tuned, start = _trunk(student), _trunk(zoo.load(str(pretrained)))
+    torch.manual_seed(0)  # what finetune seeds: a blank student of the same architecture
+    blank = _trunk(zoo.create_student("hybrid_test", modalities=["text"], num_classes=2, text=student.config.text))
+    assert set(tuned) == set(start) == set(blank)
+    assert max((tuned[k] - start[k]).abs().max().item() for k in tuned) < 1e-4  # one step at lr 1e-6
+    assert min((tuned[k] - blank[k]).abs().max().item() for k in tuned if tuned[k].numel() > 1) > 0.1
+
+
+def test_zoo_finetune_cli_with_skip_bad(shipped, label_csv, tmp_path, capsys):
+    rows = label_csv.read_text().splitlines()
+    label_csv.write_text("\n".join([*rows, ",low"]) + "\n")  # a row with no text: a problem the reader reports
+    argv = ["finetune", NAME, "--data", str(label_csv), "--out", str(tmp_path / "ft"), "--steps", "2"]
+    argv += ["--batch-size", "8"]
+    assert main(argv) == 1 and "--skip-bad" in capsys.readouterr().err
+    assert main([*argv, "--skip-bad"]) == 0
+    assert zoo.load(str(tmp_path / "ft")).config.tasks == {"label": 2}
+
+
+def test_reset_head_is_public_and_keeps_the_trunk():
+    student = zoo.create_student("hybrid_test", modalities=["image"], tasks={"embedding": 8})
+    trunk = _trunk(student)
+    student.reset_head({"label": 3}, id2label={"0": "a", "1": "b", "2": "c"})
+    assert student.config.tasks == {"label": 3} and student.config.id2label["2"] == "c"
+    assert all(torch.equal(v, trunk[k]) for k, v in _trunk(student).items())
+    with pytest.raises(ValueError, match="id2label has 2 entries"):
+        student.reset_head({"label": 3}, id2label={"0": "a", "1": "b"})
+
+
+def test_package_data_carries_shipped_folders():
+    """A wheel must carry every file a shipped folder holds (pyproject's package-data patterns)."""
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = patterns["zoo.model_cards"]
+    for name in (*catalogue.SHIPPED_FILES, *catalogue.SHIPPED_EXTRA, "pretraining.json"):
+        assert any(fnmatch.fnmatch(f"{NAME}/{name}", p) for p in patterns), name
+    for entry in catalogue.load_catalogue():  # the real catalogue: every entry loads (shipped or on the hub)
+        if entry.get("folder"):
+            folder = catalogue.shipped_folder(entry)
+            for f in folder.iterdir():
+                assert any(fnmatch.fnmatch(f"{entry['folder']}/{f.name}", p) for p in patterns), f
