@@ -1,11 +1,12 @@
 """Fine-tuning a pretrained student on new data: ``zoo finetune NAME_OR_ID_OR_DIR --data SOURCE``.
 
-The student is loaded with ``zoo.load`` (catalogue name, hub id or folder). When the data's label set differs
-from the student's, the first task's head is replaced by a fresh one sized to the data and ``config.tasks`` /
-``config.id2label`` follow the data's label map. Training is a plain loop: cross-entropy on labels, plus
-logit KD (``zoo.losses.kd_loss``) from each ``--teacher MODALITY=PATH`` on the rows that carry its modality.
-The result is a new student folder (weights, config, metrics.json, training curve, card whose ``base_model`` is
-the student it started from).
+The student is loaded with ``zoo.load`` (catalogue name, hub id or folder; a shipped catalogue student loads offline).
+Unless it already predicts exactly the data's labels, its heads are replaced (``reset_head``) by one fresh ``label``
+head sized to the data, and ``config.tasks`` / ``config.id2label`` follow the data's label map: a pretrained student's
+``embedding`` head gives way, its trunk is the starting point. Training is a plain loop: cross-entropy on labels, plus
+logit KD (``zoo.losses.kd_loss``) from each ``--teacher MODALITY=PATH`` on the rows that carry its modality. The result
+is a new student folder (weights, config, metrics.json, training curve, card whose ``base_model`` is the student it
+started from).
 """
 
 from __future__ import annotations
