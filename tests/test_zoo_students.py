@@ -129,14 +129,28 @@ def test_finetune_a_shipped_name_gets_a_label_head_on_the_pretrained_body(shippe
     assert min((tuned[k] - blank[k]).abs().max().item() for k in tuned if tuned[k].numel() > 1) > 0.1
 
 
-def test_zoo_finetune_cli_with_skip_bad(shipped, label_csv, tmp_path, capsys):
+def test_zoo_finetune_cli_with_a_teacher_and_skip_bad(shipped, label_csv, tmp_path, tiny_tokenizer, capsys):
+    """KD from a text teacher predicting the data's labels, through the distillation loop (metrics.jsonl)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    teacher = tmp_path / "bert"
+    tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(vocab_size=len(tiny_tokenizer), num_labels=2, max_position_embeddings=64, **tiny)
+    config.id2label, config.label2id = {0: "high", 1: "low"}, {"high": 0, "low": 1}
+    BertForSequenceClassification(config).save_pretrained(teacher)
+    tiny_tokenizer.save_pretrained(teacher)
     rows = label_csv.read_text().splitlines()
     label_csv.write_text("\n".join([*rows, ",low"]) + "\n")  # a row with no text: a problem the reader reports
-    argv = ["finetune", NAME, "--data", str(label_csv), "--out", str(tmp_path / "ft"), "--steps", "2"]
-    argv += ["--batch-size", "8"]
+    out = tmp_path / "ft"
+    argv = ["finetune", NAME, "--data", str(label_csv), "--out", str(out), "--steps", "2", "--batch-size", "8"]
+    argv += ["--teacher", f"text={teacher}"]
     assert main(argv) == 1 and "--skip-bad" in capsys.readouterr().err
     assert main([*argv, "--skip-bad"]) == 0
-    assert zoo.load(str(tmp_path / "ft")).config.tasks == {"label": 2}
+    assert zoo.load(str(out)).config.tasks == {"label": 2}
+    history = json.loads((out / "metrics.json").read_text())["run"]["history"]
+    assert [h["step"] for h in history] == [1, 2] and all("kd" in h for h in history)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in logged} == {"finetune"} and {"train", "eval"} <= {r["event"] for r in logged}
 
 
 def test_reset_head_is_public_and_keeps_the_trunk():

@@ -3,30 +3,34 @@
 The student is loaded with ``zoo.load`` (catalogue name, hub id or folder; a shipped catalogue student loads offline).
 Unless it already predicts exactly the data's labels, its heads are replaced (``reset_head``) by one fresh ``label``
 head sized to the data, and ``config.tasks`` / ``config.id2label`` follow the data's label map: a pretrained student's
-``embedding`` head gives way, its trunk is the starting point. Training is a plain loop: cross-entropy on labels, plus
-logit KD (``zoo.losses.kd_loss``) from each ``--teacher MODALITY=PATH`` on the rows that carry its modality. The result
-is a new student folder (weights, config, metrics.json, training curve, card whose ``base_model`` is the student it
-started from).
+``embedding`` head gives way, its trunk is the starting point. Training is one phase of the distillation loop
+(``zoo.train.loop.train_phase``, through a ``FinetuneRun``): cross-entropy on labels, plus logit KD (the ``kl`` loss
+term, from the teacher-output cache) from each ``--teacher MODALITY=PATH`` on the rows that carry its modality. The
+result is a new student folder (weights, config, metrics.json, training curve, card whose ``base_model`` is the student
+it started from).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import os
-import random
+import shutil
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 import zoo
 import zoo.data
-from zoo import bench
+from zoo import bench, console
 from zoo.cards import is_hub_id, write_card
 from zoo.catalogue import hub_id_for
-from zoo.losses import ce_loss, kd_loss
 from zoo.plots import png_figure
-from zoo.teachers import load_teacher
+from zoo.recipe import Recipe, Stage, Temperature
+from zoo.runs import JSONL_NAME, METRICS_NAME, STATE_NAME
+from zoo.train.loop import train_phase
+from zoo.train.rows import Rows
+from zoo.train.run import Run, _load_teachers
 
 FINAL = "finetuned"
 
@@ -60,6 +64,43 @@ def replace_heads_for_labels(student, id2label: dict, task: str = "label") -> bo
         return False
     student.reset_head({task: len(new)}, id2label=new)
     return True
+
+
+class FinetuneRun(Run):
+    """A ``zoo.train.run.Run`` of one phase for ``train_phase``: the given student (already carrying its fresh
+    heads), the given data and teachers only (none is trained here), their outputs cached over the train split."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, student, progress: bool = True):
+        super().__init__(recipe, out_dir, progress=progress, overwrite=True)
+        self.student = student
+
+    def log(self, message: str) -> None:
+        console.log(f"[zoo finetune] {message}")
+
+    def setup(self, data, teachers: dict[str, str]) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in (STATE_NAME, JSONL_NAME, METRICS_NAME):  # a reused folder must not mix two runs
+            (self.out / name).unlink(missing_ok=True)
+        self.data, self.modalities, self.num_classes = data, list(data.modalities), data.num_labels
+        self.labelled_rows = len(data.splits["train"])
+        self.teacher_paths = teachers
+        self.teachers = _load_teachers(teachers, self.num_classes, data.id2label, self.log)
+        for m, t in self.teachers.items():
+            if t.num_classes is None:
+                raise ValueError(
+                    f"teacher {teachers[m]!r} ({m}) gives logits None; KD needs one logit per label of the data "
+                    f"({self.num_classes}: {list(data.id2label.values())}). Fine-tune the teacher on these labels "
+                    "first (zoo teacher), or drop --teacher."
+                )
+        pre = self.student.preprocessors()
+        self.rows = {name: Rows(split, pre) for name, split in data.splits.items() if len(split)}
+        self.rows.setdefault("validation", self.rows.get("test", self.rows["train"]))  # the loop's end-of-phase eval
+        self.cached = self._teacher_cache()
+        self.criterion = self._criterion()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _parse_teachers(specs: list[str] | None) -> dict[str, str]:
@@ -123,7 +164,6 @@ def finetune(
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"steps={steps}, batch_size={batch_size}, lr={lr}: each must be positive.")
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     source = data if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
     data = zoo.data.load(data, on_error=on_error, seed=seed) if isinstance(data, (str, os.PathLike)) else data
     model = zoo.load(str(student))
@@ -147,60 +187,31 @@ def finetune(
     if not replaced and evaluation is not None and len(evaluation):
         base_entry = bench.accuracy(bench.student_predict(model), evaluation, batch_size=batch_size)
 
+    # one phase of the distillation loop (zoo.train.loop): accelerate, clipping, non-finite rollback, the log
+    out_dir = Path(out_dir)
     teacher_paths = dict(teachers or {})
-    loaded = {m: load_teacher(p, modality=m) for m, p in teacher_paths.items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-
-    order: list[int] = []
-    history: list[dict] = []
-    model.train()
-    # disable=None: a bar on a terminal only, so a log file gets no bar redraws
-    bar = tqdm(total=steps, desc="finetune", disable=None if progress else True, leave=False)
+    stage = Stage(steps=steps, lr=lr, warmup=0.0, min_lr_ratio=0.0, temperature=Temperature(start=temperature))
+    stage.weights.ce = 1.0 - kd_weight if teacher_paths else 1.0
+    stage.weights.kl = kd_weight if teacher_paths else 0.0
+    recipe = Recipe(name="finetune", seed=seed)
+    recipe.data.batch_size = batch_size
+    recipe.train.weight_decay, recipe.train.log_every, recipe.train.checkpoint_every = weight_decay, 1, steps + 1
+    recipe.controller.enabled = False
+    data = copy.copy(data)  # the caller's data keeps its splits
+    data.splits = splits
+    run = FinetuneRun(recipe, out_dir, model, progress=progress)
+    run.setup(data, teacher_paths)
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        if len(order) < batch_size:
-            fresh = list(range(len(train)))
-            rng.shuffle(fresh)
-            order += fresh
-        idx, order = order[:batch_size], order[batch_size:]
-        samples = [train[i] for i in idx]
-        batch = model.preprocess(samples)
-        labels = batch.pop("labels")
-        logits = model(**batch)
-        ce = ce_loss(logits, labels)
-        record = {"step": step, "ce": ce.item()}
-        loss = ce
-        if loaded:
-            kds = []
-            for m, teacher in loaded.items():
-                out = teacher(samples)
-                if out.logits is None or out.logits.shape[-1] != logits.shape[-1]:
-                    got = None if out.logits is None else tuple(out.logits.shape)
-                    raise ValueError(
-                        f"teacher {teacher_paths[m]!r} ({m}) gives logits {got}; KD needs one logit per label of the "
-                        f"data ({logits.shape[-1]}: {list(data.id2label.values())}). Fine-tune the teacher on these "
-                        "labels first, or drop --teacher."
-                    )
-                kds.append(kd_loss(logits, out.logits, temperature, mask=out.mask))
-            kd = torch.stack(kds).mean()
-            loss = (1 - kd_weight) * ce + kd_weight * kd
-            record["kd"] = kd.item()
-        record["loss"] = loss.item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        history.append(record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.3f}")
-    bar.close()
+    model, summary = train_phase(run, "finetune", stage, model)
     train_seconds = time.perf_counter() - t0
     model.eval()
+    shutil.rmtree(out_dir / "teacher_cache", ignore_errors=True)  # the teachers' outputs are not part of the student
+    history = [
+        {k: r[k] for k in ("step", "loss", "ce", "kd") if k in r}
+        for r in _read_jsonl(out_dir / JSONL_NAME)
+        if r.get("event") == "train"
+    ]
 
-    out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     models = {}
     one = model.preprocess([train[0]])
@@ -228,8 +239,9 @@ def finetune(
                 "name": "finetune",
                 "steps": steps,
                 "lr": lr,
-                "temperature": temperature if loaded else None,
-                "rollbacks": 0,
+                "temperature": temperature if teacher_paths else None,
+                "weights": summary["weights"],
+                "rollbacks": len(summary["rollbacks"]),
                 "train_seconds": round(train_seconds, 2),
             }
         ],
