@@ -40,7 +40,7 @@ from transformers.utils import logging as hf_logging
 from zoo import data as zdata
 from zoo.compress.guard import compression_stage
 from zoo.controller import BanditController
-from zoo.io import atomic_write_json, load_state_dict_checked, save_state_dict_atomic
+from zoo.io import atomic_write_json, load_state_dict_checked, not_local, save_state_dict_atomic
 from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
 from zoo.modalities import IGNORE_INDEX
 from zoo.modalities.text import load_tokenizer, train_wordpiece_tokenizer
@@ -164,7 +164,9 @@ class Run:
                 "distill ...` instead."
             )
         set_seed(r.seed)
-        self.data = data if data is not None else _load_data(r)
+        self.data = data if data is not None else _load_data(r, getattr(self, "on_error", "raise"))
+        if self.data.report.problems:
+            self.log(f"data: skipped {self.data.report.skipped_rows} row(s) with problems:\n{self.data.report}")
         self.log(
             f"data: {self.data.source}: "
             + ", ".join(f"{k} {len(v)}" for k, v in self.data.splits.items())
@@ -403,6 +405,8 @@ class Run:
                 torch.manual_seed(r.seed)
                 raw = self.new_student()  # same seed, same initial weights as the distilled student
                 lr = max(s.lr for _, s in distill)
+                # a diverging baseline names the stage whose learning rate it borrowed
+                self.lr_keys = {"raw_student": f"stages.{max(distill, key=lambda d: d[1].lr)[0]}.lr"}
                 base = Stage(steps=budget, lr=lr, warmup=distill[0][1].warmup)
                 base.weights.ce = 1.0
                 # the labelled rows only: unlabeled rows teach nothing without KD
@@ -470,11 +474,11 @@ def _cache_layers(teacher, wanted: dict | None) -> list[str]:
     return layers[-1:]
 
 
-def _load_data(recipe: Recipe):
+def _load_data(recipe: Recipe, on_error: str = "raise"):
     source = recipe.data.source
     if source in (None, "quickstart"):
         return zdata.quickstart(seed=recipe.seed)
-    return zdata.load(source, seed=recipe.seed)
+    return zdata.load(source, seed=recipe.seed, on_error=on_error)
 
 
 def _load_teachers(paths: dict[str, str], num_classes: int, id2label: dict, log) -> dict:
@@ -487,10 +491,20 @@ def _load_teachers(paths: dict[str, str], num_classes: int, id2label: dict, log)
                 f"teacher {modality}={path} predicts {t.num_classes} classes; the data has {num_classes}. "
                 "Fine-tune the teacher on these labels first, or pass an encoder (its embeddings are distilled)."
             )
-        if t.id2label and {int(k): str(v) for k, v in t.id2label.items()} != {
-            int(k): str(v) for k, v in id2label.items()
-        }:
-            log(f"warning: teacher {modality} labels {t.id2label} differ from the data's {id2label}; order must match")
+        theirs = {int(k): str(v) for k, v in (t.id2label or {}).items()}
+        ours = {int(k): str(v) for k, v in id2label.items()}
+        if theirs and theirs != ours:
+            if sorted(theirs.values()) == sorted(ours.values()) and len(set(theirs.values())) == len(theirs):
+                by_name = {v: k for k, v in theirs.items()}
+                if not hasattr(t, "relabel"):
+                    raise ValueError(
+                        f"teacher {modality}={path} has the data's labels in another order ({theirs}); fine-tune it "
+                        f"on the data's order {ours}."
+                    )
+                t.relabel([by_name[ours[i]] for i in range(len(ours))])  # train on targets that mean the same class
+                log(f"teacher {modality}: labels {theirs} reordered by name to the data's {ours}")
+            else:
+                log(f"warning: teacher {modality} labels {theirs} differ from the data's {ours}; order must match")
         teachers[modality] = t
         log(f"teacher {modality}: {t.name} ({sum(p.numel() for p in t.parameters()) / 1e6:.2f}M params)")
     return teachers
@@ -514,6 +528,7 @@ def distill(
     progress: bool = True,
     unlabeled: str | None = None,
     overwrite: bool = False,
+    skip_bad: bool = False,
 ) -> dict:
     """Run a recipe end to end and return metrics.json's content (see the module docstring).
 
@@ -529,6 +544,7 @@ def distill(
         stop_after_steps: stop (after a checkpoint) once this many optimizer steps ran in this call.
         unlabeled: a table of rows without labels (``data.unlabeled``): the teachers label them for KD.
         overwrite: start a new run in an ``out_dir`` that holds one (without it, that is an error).
+        skip_bad: drop data rows with problems (listed in the log) instead of stopping (``on_error="skip"``).
     """
     extra = list(overrides or [])
     if student:
@@ -540,8 +556,12 @@ def distill(
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, extra)
     if isinstance(recipe, Recipe) and extra:
         r = recipe_from_dict(apply_overrides(recipe.to_dict(), extra), "recipe (with overrides)")
+    for modality, path in (teachers or r.teachers).items():  # a mistyped teacher path fails before any work
+        if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+            raise FileNotFoundError(f"--teacher {modality}: {not_local(path)}.")
     out = Path(out_dir) if out_dir is not None else Path("runs") / r.name
     run = Run(r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress, overwrite=overwrite)
+    run.on_error = "skip" if skip_bad else "raise"
     run.setup(data=data, teachers=teachers or None)
     return run.run()
 
