@@ -19,7 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options (`zoo distill --out x stages.a.steps=5`): argparse leaves those
+    # positionals over once an option ended the first run of them, so they are collected here
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "items") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.items = [*args.items, *extra]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -31,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         FileExistsError,
         KeyError,
         TypeError,
+        OSError,
     ) as e:  # user errors: one clear line, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 1
