@@ -24,7 +24,13 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from zoo.compress.quant import apply_quantization_scheme
-from zoo.io import load_state_dict_checked, replace_folder_contents, resolve_model_folder, save_state_dict_atomic
+from zoo.io import (
+    check_finite,
+    load_state_dict_checked,
+    replace_folder_contents,
+    resolve_model_folder,
+    save_state_dict_atomic,
+)
 from zoo.modalities import MODALITIES, collate, input_keys, load_tokenizer
 from zoo.registry import model_class
 
@@ -198,6 +204,7 @@ class Student(
         if config.quantization:  # the int8 layers the weights were converted to
             apply_quantization_scheme(model, config.quantization)
         state = load_state_dict_checked(folder / WEIGHTS_NAME, device=map_location)
+        check_finite(state, str(folder / WEIGHTS_NAME))
         expected = model.state_dict()
         missing, unexpected = set(expected) - set(state), set(state) - set(expected)
         if missing or unexpected:

@@ -138,11 +138,16 @@ class HybridConfig:
 def _dataclass_from_dict(cls, data: dict, source: str):
     if not isinstance(data, dict):
         raise TypeError(f"{source} must be a JSON object; got {type(data).__name__}.")
+    import typing
+
+    from zoo.recipe import _convert
+
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{source} has unknown keys {unknown}; {cls.__name__} knows {sorted(known)}.")
-    return cls(**data)
+    hints = typing.get_type_hints(cls)  # a wrong type (embed_dim: "32") is an error naming the key
+    return cls(**{k: _convert(v, hints[k], k, source) for k, v in data.items()})
 
 
 class ConvBlock(nn.Module):

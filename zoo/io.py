@@ -48,8 +48,32 @@ def atomic_write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(data, indent=indent, sort_keys=False) + "\n")
 
 
+DIGEST_KEY = "zoo_sha256"  # safetensors metadata: the digest of the tensors, checked when the file is read
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order (what a file's data means)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN or infinite values in floating-point tensors, naming the first such tensor and ``source``."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s); the weights are broken.")
+
+
 def save_state_dict_atomic(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None):
-    """Save tensors as safetensors atomically. Shared or non-contiguous tensors are cloned first."""
+    """Save tensors as safetensors atomically, with their digest in the metadata (``DIGEST_KEY``). Shared or
+    non-contiguous tensors are cloned first."""
     from safetensors.torch import save_file
 
     seen, tensors = set(), {}
@@ -59,6 +83,7 @@ def save_state_dict_atomic(state: dict[str, torch.Tensor], path: str | os.PathLi
             t = t.contiguous().clone()
         seen.add(t.data_ptr())
         tensors[k] = t.cpu()
+    metadata = {**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -77,12 +102,22 @@ def load_state_dict_checked(path: str | os.PathLike, device: str = "cpu") -> dic
             else ""
         )
         raise FileNotFoundError(f"{path} is missing (the folder holds {others}).{hint}")
+    from safetensors import safe_open
+
     try:
-        return load_file(str(path), device=device)
+        state = load_file(str(path), device=device)
+        with safe_open(str(path), framework="pt") as f:
+            expected = (f.metadata() or {}).get(DIGEST_KEY)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(
             f"{path} is not a valid safetensors file ({e}); it is truncated or was modified. Re-save or re-download it."
         ) from e
+    if expected is not None and tensors_digest(state) != expected:
+        raise ValueError(
+            f"{path}: the tensors do not match the sha256 digest recorded when the file was saved; the file was "
+            "modified or damaged. Re-save or re-download it."
+        )
+    return state
 
 
 def replace_folder_contents(src: Path, dst: Path, names: Iterable[str] | None = None) -> None:
@@ -104,6 +139,18 @@ def is_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def not_local(name: str) -> str:
+    """'no local path NAME' plus the closest file or folder beside it: a typo is not a hub problem."""
+    import difflib
+
+    path = Path(name).expanduser()
+    parent = path.parent if path.parent.is_dir() else None
+    names = [p.name for p in parent.iterdir()] if parent is not None else []
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    hint = f" (did you mean {os.fspath(parent / close[0])!r}?)" if close else ""
+    return f"there is no local path {name!r}{hint}"
 
 
 def resolve_model_folder(
@@ -131,7 +178,10 @@ def resolve_model_folder(
 
     name = hub_id_for(os.fspath(name_or_path))  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
-        raise FileNotFoundError(f"{name!r} is not a folder. Pass a folder written by save_pretrained, or a hub id.")
+        raise FileNotFoundError(
+            f"{not_local(name) if not path.exists() else repr(name) + ' is not a folder'}. Pass a folder written by "
+            "save_pretrained, or a hub id."
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
@@ -141,7 +191,10 @@ def resolve_model_folder(
     try:
         folder = snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token, allow_patterns=patterns)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
-        raise ConnectionError(f"cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}") from e
+        raise ConnectionError(
+            f"{not_local(name)}, and {name!r} cannot be downloaded: offline (HF_HUB_OFFLINE is set or no network). "
+            f"{hint}"
+        ) from e
     except HfHubHTTPError as e:
         raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
     except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx

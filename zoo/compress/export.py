@@ -208,6 +208,9 @@ def export_onnx(
     """
     import onnx
 
+    from zoo.io import check_finite
+
+    check_finite(student.state_dict(), f"export to {path}")
     if opset < 17:
         raise ValueError(f"opset {opset}: export needs opset 17 or later (LayerNormalization).")
     names = input_names(student)

@@ -630,7 +630,12 @@ def quantization_error_loss(
 
 
 def quantize_student(student: nn.Module, batches: Iterable, observer: str = "ema", max_batches: int | None = None):
-    """Post-training quantization in one call: prepare_qat -> calibrate on ``batches`` -> convert_int8."""
+    """Post-training quantization in one call: prepare_qat -> calibrate on ``batches`` -> convert_int8.
+
+    NaN or infinite weights are refused first (their scales would poison every int8 layer)."""
+    from zoo.io import check_finite
+
+    check_finite(student.state_dict(), "quantize")
     return convert_int8(calibrate(prepare_qat(student, observer=observer), batches, max_batches=max_batches))
 
 
