@@ -39,6 +39,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             unlabeled=args.unlabeled,
             overwrite=args.overwrite,
             skip_bad=args.skip_bad,
+            allow_outside_paths=args.allow_outside_paths,
         )
     except StopRun as e:
         print(f"zoo distill: {e}", file=sys.stderr)
@@ -68,5 +69,8 @@ def add_cli(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run --out holds (default: refuse)")
     p.add_argument("--skip-bad", action="store_true", help="drop data rows with problems instead of stopping")
+    p.add_argument(
+        "--allow-outside-paths", action="store_true", help="accept media paths that leave the data file's folder"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown when not on a terminal)")
     p.set_defaults(func=_cmd_distill)
