@@ -309,3 +309,89 @@ def test_teacher_labels_in_another_order_are_remapped_by_name():
     assert teacher.id2label == {0: "a", 1: "b", 2: "c"} and teacher.fingerprint != before
     out = teacher([{"id": 0, "x": [0.0, 1.0, 2.0]}])
     assert out.logits.tolist() == [[1.0, 2.0, 0.0]]
+
+
+# ------------------------------------------------------------------------------------------- run folder and resume
+TINY_RUN = [
+    "student=hybrid_test",
+    "data.batch_size=16",
+    "data.eval_batch_size=64",
+    "data.max_train_samples=64",
+    "data.label_fraction=1.0",
+    "stages.pretrain=null",
+    "stages.soft_distill.steps=2",
+    "stages.mixed_distill=null",
+    "stages.prune=null",
+    "stages.quant_finetune=null",
+    "stages.hardware_adapt=null",
+    "train.baseline=false",
+    "train.latency_repeats=1",
+    "controller.eval_samples=16",
+    "teacher_training.modalities=[text]",
+    "teacher_training.folds=1",
+    "teacher_training.steps=2",
+    "teacher_training.hidden_size=32",
+    "teacher_training.num_layers=1",
+    "teacher_training.num_heads=2",
+    "teacher_training.intermediate_size=64",
+    "student_overrides.text.vocab_size=200",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_text_data():
+    from zoo import data as zdata
+
+    return zdata.quickstart(train_size=64, validation_size=16, test_size=16, modalities=("text",))
+
+
+def test_resume_with_changed_settings_or_data_refuses(tiny_text_data, tmp_path):
+    from zoo import data as zdata
+    from zoo.train import StopRun, distill
+
+    out = tmp_path / "run"
+    with pytest.raises(StopRun):
+        distill("quickstart", out, data=tiny_text_data, overrides=TINY_RUN, stop_after_steps=1, progress=False)
+    assert not (out / ".lock").exists()  # released when the run stops
+    with pytest.raises(ValueError, match=r"other settings.*stages\.soft_distill\.lr: 0\.002 -> 0\.01"):
+        distill("quickstart", out, data=tiny_text_data, overrides=[*TINY_RUN, "stages.soft_distill.lr=0.01"],
+                resume=True, progress=False)  # fmt: skip
+    other = zdata.quickstart(train_size=64, validation_size=16, test_size=16, modalities=("text",), seed=1)
+    with pytest.raises(ValueError, match=r"other settings, data or teachers \(data\.test: .*data\.train: "):
+        distill("quickstart", out, data=other, overrides=TINY_RUN, resume=True, progress=False)
+
+
+def test_a_second_run_into_a_locked_folder_refuses(tmp_path):
+    from zoo.train import distill
+
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(sleeper.pid))
+        with pytest.raises(FileExistsError, match=rf"in use by another zoo distill \(pid {sleeper.pid}"):
+            distill("quickstart", out, overrides=TINY_RUN, progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert (out / ".lock").read_text() == str(sleeper.pid)  # the other run's lock is left alone
+
+
+@pytest.mark.slow
+def test_the_same_distill_command_gives_the_same_weights_in_two_processes(tmp_path):
+    """Tokenizer trained on the texts, a teacher trained here, a student distilled: twice, in fresh processes."""
+    from safetensors import safe_open
+
+    from zoo.io import DIGEST_KEY
+
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    digests = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        cmd = [sys.executable, "-m", "zoo.cli", "distill", "--out", str(out), "--no-progress", *TINY_RUN]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, **env},
+                              timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+            digests.append((f.metadata()[DIGEST_KEY], (out / "tokenizer.json").read_bytes()))
+    assert digests[0] == digests[1]
