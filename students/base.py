@@ -169,7 +169,7 @@ class Student(
         dst = Path(save_directory)
         dst.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("config", self.config.to_dict())
-        tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=dst.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".save-{os.getpid()}-", dir=dst.parent))  # pid: zoo.io.clean_leftovers
         try:
             out = super().save_pretrained(tmp, **kwargs)
             # the mixin's generic README says nothing true about this student; cards come from zoo.cards.write_card

@@ -395,3 +395,37 @@ def test_the_same_distill_command_gives_the_same_weights_in_two_processes(tmp_pa
         with safe_open(str(out / "model.safetensors"), framework="pt") as f:
             digests.append((f.metadata()[DIGEST_KEY], (out / "tokenizer.json").read_bytes()))
     assert digests[0] == digests[1]
+
+
+# ------------------------------------------------------------------------------------------------- atomic folders
+def test_prune_into_an_existing_folder_swaps_a_complete_one_in(student_folder, tmp_path, monkeypatch):
+    import zoo.commands.prune as prune_cmd
+    from zoo.students import load_student
+
+    out = tmp_path / "pruned"
+    assert main(["prune", str(student_folder), "--keep", "0.5", "--out", str(out)]) == 0
+    first = (out / "model.safetensors").read_bytes()
+    (tmp_path / ".save-999999-x").mkdir()  # leftovers of a killed process (no such pid)
+    (tmp_path / ".pruned.new-999999").mkdir()
+
+    def killed(*args, **kwargs):  # the process dies while writing the new folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_cmd, "metrics_entry", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(["prune", str(student_folder), "--keep", "0.8", "--out", str(out)])
+    assert (out / "model.safetensors").read_bytes() == first and load_student(out)  # the old folder, whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # leftovers and the stage are gone
+    monkeypatch.undo()
+    assert main(["prune", str(student_folder), "--keep", "0.8", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").read_bytes() != first and load_student(out)
+
+
+def test_writing_into_a_folder_zoo_did_not_write_needs_overwrite(student_folder, tmp_path, capsys):
+    teacher = tmp_path / "my-teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"]}))
+    assert main(["prune", str(student_folder), "--keep", "0.5", "--out", str(teacher)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert json.loads((teacher / "config.json").read_text())["architectures"]  # untouched
+    assert main(["prune", str(student_folder), "--keep", "0.5", "--out", str(teacher), "--overwrite"]) == 0

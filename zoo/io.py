@@ -141,6 +141,76 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(parent: Path) -> None:
+    """Remove ``.save-<pid>-*`` and ``.<name>.new-<pid>`` folders that a killed process left in ``parent``; put back
+    a ``.<name>.old-<pid>`` whose swap was cut between its two renames (its folder is missing)."""
+    import re
+
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        m = re.fullmatch(r"\.save-(\d+)-.*|\.(.+)\.(new|old)-(\d+)", p.name)
+        if not p.is_dir() or m is None or _pid_alive(int(m.group(1) or m.group(4))):
+            continue
+        original = parent / m.group(2) if m.group(3) == "old" else None
+        if original is not None and not original.exists():
+            p.rename(original)  # the new folder never arrived: the old one is the folder again
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def is_zoo_output(folder: Path) -> bool:
+    """A folder zoo wrote (a student: config.json with ``architecture``, or a metrics.json), or an empty one."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return True
+    if (folder / "metrics.json").exists():
+        return True
+    try:
+        return "architecture" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike, overwrite: bool = False):
+    """Yield a new folder beside ``out`` to write a whole output into; on success it replaces ``out`` (two renames),
+    on error it is removed. A kill leaves ``out`` as it was, or the new folder complete (a swap cut between its
+    renames is put back by ``clean_leftovers``). A folder zoo did not write (a teacher's) needs ``overwrite``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out.parent)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose another --out.")
+    if not overwrite and not is_zoo_output(out):
+        raise FileExistsError(
+            f"{out} holds files zoo did not write (no student config.json or metrics.json); pass --overwrite to "
+            "replace it, or choose another --out."
+        )
+    stage = out.parent / f".{out.name}.new-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def not_local(name: str) -> str:
     """'no local path NAME' plus the closest file or folder beside it: a typo is not a hub problem."""
     import difflib
