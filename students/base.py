@@ -24,13 +24,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from zoo.compress.quant import apply_quantization_scheme
-from zoo.io import (
-    check_finite,
-    load_state_dict_checked,
-    replace_folder_contents,
-    resolve_model_folder,
-    save_state_dict_atomic,
-)
+from zoo.hub import resolve_model_folder
+from zoo.io import check_finite, load_state_dict_checked, replace_folder_contents, save_state_dict_atomic
 from zoo.modalities import MODALITIES, collate, input_keys, load_tokenizer
 from zoo.registry import model_class
 

@@ -18,10 +18,10 @@ from zoo.teachers.cache import (
     fingerprint_dataset,
     kd_target,
 )
-from zoo.teachers.crossfit import CrossFitTeacher, assign_folds, load_crossfit
+from zoo.teachers.crossfit import CrossFitTeacher, assign_folds
 from zoo.teachers.ensemble import TeacherSet
 from zoo.teachers.hf import CLIPTeacher, HFTeacher
-from zoo.teachers.load import TeacherOfflineError, load_teacher
+from zoo.teachers.load import TeacherOfflineError, load_crossfit, load_teacher
 from zoo.teachers.timm_teacher import TimmTeacher
 from zoo.teachers.torchscript import SileroVADTeacher, TorchScriptTeacher
 

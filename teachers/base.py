@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from zoo.modalities.audio import to_mono_waveform
+from zoo.modalities.image import match_channels, to_chw_float
+
 
 @dataclass
 class TeacherOutput:
@@ -94,8 +97,6 @@ def to_pil_rgb(image, sample_id: Any):
     """
     from PIL import Image
 
-    from zoo.modalities.image import match_channels, to_chw_float
-
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
     try:
@@ -109,8 +110,6 @@ def to_pil_rgb(image, sample_id: Any):
 def waveform_at(audio, sample_rate: int, sample_id: Any) -> np.ndarray:
     """One audio sample ``{"array", "sampling_rate"}`` -> mono float32 waveform resampled to ``sample_rate``."""
     import torchaudio.functional as AF
-
-    from zoo.modalities.audio import to_mono_waveform
 
     wave, sr = to_mono_waveform(audio, sample_id)
     if sr != sample_rate:

@@ -19,7 +19,6 @@ logits only (feature and embedding distillation need a single teacher).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.io import atomic_write_json
 from zoo.teachers.base import Teacher, TeacherOutput, hash_json
 
 CROSSFIT_FILE = "crossfit.json"
@@ -126,23 +126,4 @@ class CrossFitTeacher(nn.Module):
 
 
 def save_assignment(folder: str | os.PathLike, assignment: dict[str, int], folds: int) -> None:
-    from zoo.io import atomic_write_json
-
     atomic_write_json(Path(folder) / CROSSFIT_FILE, {"folds": folds, "assignment": assignment})
-
-
-def load_crossfit(folder: str | os.PathLike, modality: str | None = None, **kwargs) -> CrossFitTeacher:
-    """Load ``folder/crossfit.json`` and its ``fold-<k>`` teachers (each through ``load_teacher``)."""
-    from zoo.teachers.load import load_teacher
-
-    folder = Path(folder)
-    try:
-        spec = json.loads((folder / CROSSFIT_FILE).read_text(encoding="utf-8"))
-        folds, assignment = int(spec["folds"]), spec["assignment"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{folder / CROSSFIT_FILE} is not a valid cross-fit description ({e}).") from e
-    missing = [f"fold-{k}" for k in range(folds) if not (folder / f"fold-{k}").is_dir()]
-    if missing:
-        raise FileNotFoundError(f"cross-fitted teacher {folder} is missing {missing}.")
-    teachers = [load_teacher(folder / f"fold-{k}", modality=modality, **kwargs) for k in range(folds)]
-    return CrossFitTeacher(teachers, assignment, name=folder.name)

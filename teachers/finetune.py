@@ -32,7 +32,14 @@ from pathlib import Path
 
 import torch
 
+from zoo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from zoo.io import atomic_path, atomic_write_json, atomic_write_text
+from zoo.recipe import TeacherTraining
 from zoo.teachers.base import Teacher
+from zoo.teachers.crossfit import assign_folds, save_assignment
+from zoo.teachers.load import _encoder_modality, load_teacher, resolve_hub_id
+from zoo.teachers.timm_teacher import is_timm_folder, load_timm
+from zoo.teachers.train import build_teacher
 
 SETTINGS_FILE = "zoo_teacher.json"
 FORMAT = "zoo-teacher-1"
@@ -82,15 +89,12 @@ def _labels(data) -> dict:
 
 def _hf_modality(folder: str) -> str:
     """The modality a transformers folder takes, from its processor files."""
-    from zoo.teachers.load import _encoder_modality
 
     return _encoder_modality(folder)
 
 
 def resolve_model(model: str) -> tuple[str, str]:
     """MODEL -> (kind, local folder or name): kind is "scratch", "timm" or "transformers"."""
-    from zoo.teachers.load import resolve_hub_id
-    from zoo.teachers.timm_teacher import is_timm_folder
 
     if model.startswith("scratch:"):
         return "scratch", model.split(":", 1)[1]
@@ -118,15 +122,10 @@ def build_initial(model: str, data, dst: Path, modality: str | None, settings: F
     dst.mkdir(parents=True, exist_ok=True)
     labels = _labels(data)
     if kind == "scratch":
-        from zoo.recipe import TeacherTraining
-        from zoo.teachers.train import build_teacher
-
         build_teacher(where, TeacherTraining(), data, dst)
         return where
     if kind in ("timm", "timm-name"):
         import timm
-
-        from zoo.teachers.timm_teacher import load_timm
 
         if kind == "timm":
             net = load_timm(where, name=os.path.basename(where.rstrip("/"))).model
@@ -225,7 +224,6 @@ def _fit(
     progress: bool | None,
 ) -> dict:
     """Fine-tune ``teacher.model`` on ``train`` with CE; keep the best-validation weights in ``dst``."""
-    from zoo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     model = teacher.model
     for p in model.parameters():
@@ -306,8 +304,6 @@ def _save_weights(teacher: Teacher, dst: Path) -> None:
     """The current weights into ``dst`` (transformers or timm layout), atomically per file."""
     from safetensors.torch import save_model
 
-    from zoo.io import atomic_path
-
     with atomic_path(dst / "model.safetensors") as tmp:
         save_model(teacher.model, str(tmp), metadata={"format": "pt"})
 
@@ -330,8 +326,6 @@ def finetune_teacher(
     ``out`` then loads with ``zoo.teachers.load_teacher`` and serves ``zoo distill --teacher MODALITY=out``.
     ``out/metrics.json`` holds the validation and test accuracy of the kept (best-validation) checkpoint.
     """
-    from zoo.io import atomic_write_json, atomic_write_text
-    from zoo.teachers.load import load_teacher
 
     s = settings or FinetuneSettings()
     s.validate()
@@ -376,8 +370,6 @@ def finetune_teacher(
     t0 = time.perf_counter()
     folds = []
     if s.folds > 1:
-        from zoo.teachers.crossfit import assign_folds, save_assignment
-
         assignment = assign_folds([r["id"] for r in train], s.folds, s.seed)
         for k in range(s.folds):
             folds.append((out / f"fold-{k}", [r for r in train if assignment[str(r["id"])] != k], s.seed + k))

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+from zoo.hub import is_offline, snapshot
 from zoo.io import not_local
 from zoo.teachers.base import Teacher
-from zoo.teachers.crossfit import is_crossfit_folder
+from zoo.teachers.crossfit import CROSSFIT_FILE, CrossFitTeacher, is_crossfit_folder
 from zoo.teachers.hf import CLASSIFIER_SUFFIXES, load_clip, load_hf_classifier, load_hf_encoder
 from zoo.teachers.timm_teacher import is_timm_folder, load_timm
 from zoo.teachers.torchscript import SILERO_NAMES, find_torchscript, load_torchscript, silero_vad_path
@@ -45,12 +49,9 @@ def _offline_message(repo_id: str, reason: str) -> str:
 
 def resolve_hub_id(repo_id: str, revision: str | None = None) -> tuple[str, str | None]:
     """Hub id -> (local snapshot folder, commit hash); a clear ``TeacherOfflineError`` when that needs a network."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    offline = is_offline()
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=offline)
+        folder = str(snapshot(repo_id, HUB_PATTERNS, revision=revision))
     except HFValidationError as e:
         raise FileNotFoundError(f"teacher {repo_id!r} is neither a local path nor a valid hub id ({e}).") from e
     except RepositoryNotFoundError as e:
@@ -139,8 +140,6 @@ def load_teacher(
     else:
         name = os.path.basename(os.path.abspath(path))
     if os.path.isdir(path) and is_crossfit_folder(path):  # fold teachers written by zoo distill's teacher training
-        from zoo.teachers.crossfit import load_crossfit
-
         return load_crossfit(path, modality=modality, autocast=autocast, device=device, **options)
     detected, detected_modality = detect_kind(path)
     kind = detected if kind == "auto" else kind
@@ -167,3 +166,18 @@ def load_teacher(
         else:
             raise ValueError(f"kind {kind!r} does not fit teacher {name!r} (detected: {detected}).")
     return teacher.to(device) if device else teacher
+
+
+def load_crossfit(folder: str | os.PathLike, modality: str | None = None, **kwargs) -> CrossFitTeacher:
+    """Load ``folder/crossfit.json`` and its ``fold-<k>`` teachers (each through ``load_teacher``)."""
+    folder = Path(folder)
+    try:
+        spec = json.loads((folder / CROSSFIT_FILE).read_text(encoding="utf-8"))
+        folds, assignment = int(spec["folds"]), spec["assignment"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{folder / CROSSFIT_FILE} is not a valid cross-fit description ({e}).") from e
+    missing = [f"fold-{k}" for k in range(folds) if not (folder / f"fold-{k}").is_dir()]
+    if missing:
+        raise FileNotFoundError(f"cross-fitted teacher {folder} is missing {missing}.")
+    teachers = [load_teacher(folder / f"fold-{k}", modality=modality, **kwargs) for k in range(folds)]
+    return CrossFitTeacher(teachers, assignment, name=folder.name)

@@ -29,6 +29,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from zoo.modalities.audio import AudioConfig, AudioPreprocessor
+from zoo.modalities.image import ImageConfig, ImagePreprocessor
 from zoo.teachers.base import Teacher, TeacherOutput, hash_files
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".jit", ".ts", ".torchscript")
@@ -70,8 +72,6 @@ def _jit_load(path: str):
 
 
 def _image_preprocessor(pre: dict):
-    from zoo.modalities.image import ImageConfig, ImagePreprocessor
-
     cfg = ImageConfig(
         image_size=int(pre.get("image_size", 224)),
         patch_size=1,
@@ -82,8 +82,6 @@ def _image_preprocessor(pre: dict):
 
 
 def _audio_clipper(pre: dict):
-    from zoo.modalities.audio import AudioConfig, AudioPreprocessor
-
     sr, seconds = int(pre.get("sample_rate", 16000)), float(pre.get("clip_seconds", 1.0))
     # patch_size=1: only the resample + crop/pad part of the preprocessor is used here.
     cfg = AudioConfig(sample_rate=sr, clip_seconds=seconds, patch_size=1)

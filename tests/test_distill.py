@@ -12,7 +12,9 @@ import torch
 
 from zoo.recipe import TeacherTraining
 from zoo.teachers.train import build_teacher
-from zoo.train import DistillModule, StopRun, distill
+from zoo.train.loop import StopRun
+from zoo.train.objective import DistillModule
+from zoo.train.run import distill
 
 TINY = [
     "student=hybrid_test",

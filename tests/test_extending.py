@@ -14,7 +14,8 @@ import zoo
 from zoo import registry
 from zoo.modalities import ImageConfig
 from zoo.students import Student
-from zoo.train import LossTerm, distill, register_loss_term
+from zoo.train.objective import LossTerm, register_loss_term
+from zoo.train.run import distill
 
 
 @dataclass

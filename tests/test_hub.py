@@ -16,7 +16,7 @@ from test_cards import make_student_folder
 import zoo
 import zoo.catalogue as catalogue
 from zoo.cli import main
-from zoo.hub import push_folder, validate_folder_for_push
+from zoo.publish import push_folder, validate_folder_for_push
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ import re
 from pathlib import Path
 
 import zoo.model_cards
+from zoo.bench import read_metrics
+from zoo.io import atomic_write_text
+from zoo.plots import png_figure
 from zoo.runs import EVAL_MODELS, LOCAL_ONLY_DIRS, MODEL_LABELS, ordered
 
 CARD_NAME = "README.md"
@@ -302,7 +305,6 @@ def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | N
     ]
     if not points:
         return None
-    from zoo.plots import png_figure
 
     with png_figure(path, figsize=(6, 4), dpi=100) as (_, ax):
         for label, x, y in points:
@@ -343,8 +345,6 @@ def build_card(
     metadata's base models (default: the hub ids of the run's teachers, or ``run.base_model`` after fine-tuning).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from zoo.bench import read_metrics
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -520,7 +520,6 @@ def _split_size(run: dict, split: str) -> bool:
 
 def write_card(out_dir: str | os.PathLike, *, repo_id: str | None = None, **kwargs) -> Path:
     """Regenerate ``out_dir/README.md`` and the accuracy-vs-latency plot from the folder's metrics; returns the path."""
-    from zoo.io import atomic_write_text
 
     out_dir = Path(out_dir)
     card = build_card(out_dir, repo_id=repo_id, **kwargs)

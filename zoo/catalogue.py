@@ -2,7 +2,7 @@
 
 Each entry names a student (``hybrid-tiny-quickstart``), its hub id, what it takes and predicts, and headline
 metrics copied from the run's metrics.json. ``zoo.load(name)`` and ``HybridStudent.from_pretrained(name)`` accept
-a catalogue name and load its hub id (through ``hub_id_for``, called by ``zoo.io.resolve_model_folder``).
+a catalogue name and load its hub id (through ``hub_id_for``, called by ``zoo.hub.resolve_model_folder``).
 
 Add a student from a finished run (the card is regenerated to load the hub id and copied with its plots)::
 
@@ -17,7 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from zoo.bench import read_metrics
 from zoo.cards import CARD_NAME, MODEL_CARDS_DIR, NA, build_card, final_model_key, fmt_ms, fmt_params, fmt_pct
+from zoo.io import atomic_path, atomic_write_json, atomic_write_text
 
 CATALOGUE_PATH = MODEL_CARDS_DIR / "catalogue.json"
 DEFAULT_ORG = "distill-zoo"
@@ -77,8 +79,6 @@ def add_from_run(
     ``<cards_dir>/<short-name>/README.md`` with the run's plots beside it and replaces the entry of the same
     name in the catalogue JSON. Returns the entry.
     """
-    from zoo.bench import read_metrics
-    from zoo.io import atomic_path, atomic_write_json, atomic_write_text
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists() or not (run_dir / "config.json").exists():

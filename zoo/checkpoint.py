@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.io import atomic_write_json, load_state_dict_checked, save_state_dict_atomic
+
 TRAINER_STATE = "trainer_state.json"
 FORMAT = "zoo-checkpoint-1"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -89,7 +91,6 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
 
 def save_tree(folder: Path, name: str, obj: Any) -> None:
     """Write ``obj`` (nested dicts / lists / tuples of tensors and plain values) as name.json [+ name.safetensors]."""
-    from zoo.io import atomic_write_json, save_state_dict_atomic
 
     tensors: dict[str, torch.Tensor] = {}
     data = _encode(obj, name, tensors)
@@ -100,7 +101,6 @@ def save_tree(folder: Path, name: str, obj: Any) -> None:
 
 def load_tree(folder: Path, name: str) -> Any:
     """Read what ``save_tree`` wrote: JSON and safetensors only."""
-    from zoo.io import load_state_dict_checked
 
     path = folder / f"{name}.json"
     _require(path)
@@ -209,7 +209,6 @@ def save_checkpoint(
             if scheduler is not None:
                 save_tree(tmp, "scheduler", scheduler.state_dict())
             save_tree(tmp, "rng", rngs)
-            from zoo.io import atomic_write_json
 
             atomic_write_json(tmp / TRAINER_STATE, state)  # last: a folder with it is complete
             _move_into_place(tmp, folder)

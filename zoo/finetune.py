@@ -16,14 +16,21 @@ import random
 import time
 from pathlib import Path
 
+import zoo
+import zoo.data
+from zoo import bench
+from zoo.cards import is_hub_id, write_card
+from zoo.catalogue import hub_id_for
+from zoo.losses import ce_loss, kd_loss
+from zoo.plots import png_figure
+from zoo.teachers import load_teacher
+
 FINAL = "finetuned"
 
 
 def _base_model_id(name: str) -> str:
     """The hub id a fine-tuned card names as base_model: the catalogue entry's, the hub id itself, or the repo
     a local folder was published as (its card's model name, when the card was written for a hub id)."""
-    from zoo.cards import is_hub_id
-    from zoo.catalogue import hub_id_for
 
     folder = Path(name).expanduser()
     if folder.is_dir():
@@ -77,8 +84,6 @@ def _carries_any(split, modalities: list[str]):
 
 
 def _plot_curve(history: list[dict], path: Path) -> None:
-    from zoo.plots import png_figure
-
     with png_figure(path, figsize=(6, 3.5), dpi=100) as (_, ax):
         steps = [h["step"] for h in history]
         for key in ("loss", "ce", "kd"):
@@ -115,12 +120,6 @@ def finetune(
     """
     import torch
 
-    import zoo
-    import zoo.data
-    from zoo import bench
-    from zoo.cards import write_card
-    from zoo.losses import ce_loss, kd_loss
-
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"steps={steps}, batch_size={batch_size}, lr={lr}: each must be positive.")
     torch.manual_seed(seed)
@@ -149,8 +148,6 @@ def finetune(
     base_entry = None
     if not replaced and evaluation is not None and len(evaluation):
         base_entry = bench.accuracy(bench.student_predict(model), evaluation, batch_size=batch_size)
-
-    from zoo.teachers import load_teacher
 
     teacher_paths = dict(teachers or {})
     loaded = {m: load_teacher(p, modality=m) for m, p in teacher_paths.items()}

@@ -1,111 +1,82 @@
-"""Publishing students: ``zoo push DIR REPO_ID`` checks a student folder and uploads it with huggingface_hub.
+"""The hub resolver: a local folder as is, else a hub id (or a zoo catalogue name) through the HF cache.
 
-Before anything goes up, ``validate_folder_for_push`` proves the folder is complete and loads back: config.json
-and model.safetensors rebuild the student strictly, the card parses and names the library, metrics.json is
-valid, and no pickled file (.bin, .pt, .pkl, ...) is present. Only the files it lists are uploaded: the student,
-the run's other students in subfolders (raw_student/, pruned/, int8/), its card, metrics and plots; resume
-checkpoints, the teacher cache and teachers trained for the run stay local. Loading
-from the hub is ``zoo.load(hub_id)`` (see ``zoo.io.resolve_model_folder``).
+Students (``zoo.load``) and teachers (``zoo.teachers.load_teacher``) download through ``snapshot``, with one
+offline check: with ``HF_HUB_OFFLINE`` set only the cache answers, and a missing repo fails with a message saying
+how to pass a local folder instead. Publishing a student is ``zoo.publish``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from zoo.cards import CARD_MARKER, CARD_NAME, student_subfolders, write_card
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-UPLOAD_PATTERNS = ("*.json", "*.jsonl", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.onnx")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
+from zoo.catalogue import hub_id_for
+from zoo.io import not_local
 
-
-def validate_folder_for_push(folder: str | os.PathLike) -> list[str]:
-    """Check that ``folder`` is a complete student that loads back; return the files (relative paths) to upload.
-
-    Raises ValueError / FileNotFoundError naming the file at fault and how to fix it.
-    """
-    from fnmatch import fnmatch
-
-    from huggingface_hub import ModelCard
-
-    from zoo.bench import read_metrics
-    from zoo.students import load_student
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; pass a student folder written by save_pretrained.")
-    # the student's own files and the run's other students; checkpoints, caches and teachers stay local
-    students = [folder, *student_subfolders(folder)]
-    files = [p.name for p in folder.iterdir() if p.is_file()]
-    files += [p.relative_to(folder).as_posix() for d in students[1:] for p in d.rglob("*") if p.is_file()]
-    files = sorted(f for f in files if not any(part.startswith(".") for part in f.split("/")))  # tmp files
-    pickled = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
-    if pickled:
-        raise ValueError(
-            f"{folder} holds pickled or raw-array files {pickled}; only safetensors weights are published. "
-            "Remove them (a student is config.json + model.safetensors)."
-        )
-    for d in students:
-        load_student(d)  # strict: missing, extra or mis-shaped tensors are errors naming the file
-    card_path = folder / CARD_NAME
-    if not card_path.exists():
-        raise FileNotFoundError(f"{card_path} is missing; write the model card with `zoo card {folder}`.")
-    try:
-        card = ModelCard.load(card_path)
-    except Exception as e:  # huggingface_hub raises ValueError or yaml errors for a broken header
-        raise ValueError(f"{card_path} is not a valid model card ({e}); regenerate it with `zoo card {folder}`.") from e
-    if CARD_MARKER not in card.text or card.data.library_name != "distill-zoo":
-        raise ValueError(
-            f"{card_path} is not a distill-zoo model card (no results from metrics.json); "
-            f"write it with `zoo card {folder}` (it needs the run's metrics.json)."
-        )
-    read_metrics(folder)  # invalid JSON is an error naming the file
-    for f in files:
-        if f.endswith(".json"):
-            try:
-                json.loads((folder / f).read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{folder / f} is not valid JSON ({e}); re-save the student.") from e
-    return [f for f in files if any(fnmatch(Path(f).name, p) for p in UPLOAD_PATTERNS)]
+OFFLINE_HINT = (
+    "To use it on a machine without network, download it where there is network "
+    "(e.g. `huggingface-cli download {id} --local-dir ./{local}` or `model.save_pretrained('./{local}')`), "
+    "copy the folder here and pass the folder path instead of the hub id."
+)
 
 
-def push_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool = False,
-    message: str | None = None,
+def is_offline() -> bool:
+    """Whether the hub may not be reached: HF_HUB_OFFLINE as set now, or as huggingface_hub read it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
+
+
+def snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None, **kwargs) -> Path:
+    """A hub repo's files matching ``allow_patterns`` (never pickles), through the HF cache; offline, from the cache
+    only. The one download path of students and teachers; callers turn its errors into their own messages."""
+    folder = snapshot_download(
+        repo_id, revision=revision, allow_patterns=allow_patterns, local_files_only=is_offline(), **kwargs
+    )
+    return Path(folder)
+
+
+def resolve_model_folder(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | None = None,
     token: str | None = None,
-) -> str:
-    """Upload a student folder to the hub repo ``repo_id`` (created if needed); returns the commit URL.
+    allow_patterns: list[str] | None = None,
+    required: tuple[str, ...] = ("config.json", "model.safetensors"),
+) -> Path:
+    """A local folder as is, or a hub repo (or a zoo catalogue name's repo) downloaded through the HF cache.
 
-    When the folder holds a metrics.json, its card is regenerated first so its usage code loads ``repo_id``.
+    A hub id while offline (or unreachable) fails with a message saying how to pass a local folder instead.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_dir():
+        missing = [f for f in required if not (path / f).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{path} is missing {missing} (it holds {sorted(p.name for p in path.iterdir())}); "
+                "a student folder is written by save_pretrained."
+            )
+        return path
 
-    folder = Path(folder)
-    if (folder / "metrics.json").exists():
-        write_card(folder, repo_id=repo_id)
-    files = validate_folder_for_push(folder)
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            repo_type="model",
-            commit_message=message or f"Upload {repo_id} with distill-zoo",
-            allow_patterns=files,
+    name = hub_id_for(os.fspath(name_or_path))  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
+        raise FileNotFoundError(
+            f"{not_local(name) if not path.exists() else repr(name) + ' is not a folder'}. Pass a folder written by "
+            "save_pretrained, or a hub id."
         )
-    except OfflineModeIsEnabled as e:
+    local = name.replace("/", "--")
+    hint = OFFLINE_HINT.format(id=name, local=local)
+    patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.md", "*.model", "*.png"]
+    try:
+        folder = snapshot(name, patterns, revision=revision, cache_dir=cache_dir, token=token)
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
         raise ConnectionError(
-            f"cannot push to {repo_id!r}: HF_HUB_OFFLINE is set. Unset it on a machine with network and log in "
-            "(`hf auth login` or HF_TOKEN)."
+            f"{not_local(name)}, and {name!r} cannot be downloaded: offline (HF_HUB_OFFLINE is set or no network). "
+            f"{hint}"
         ) from e
     except HfHubHTTPError as e:
-        raise ConnectionError(f"cannot push to {repo_id!r}: {e}. Check the repo id, your token and its rights.") from e
-    except OSError as e:  # connection errors surface as OSError subclasses
-        raise ConnectionError(f"cannot push to {repo_id!r}: {e}.") from e
-    return getattr(commit, "commit_url", None) or str(commit)
+        raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
+    except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx
+        raise ConnectionError(f"cannot download {name!r}: {e}. {hint}") from e
+    return resolve_model_folder(Path(folder), required=required)

@@ -1,4 +1,4 @@
-"""Files: atomic writes, safetensors reads with clear errors, and hub-id-or-folder resolution.
+"""Files: atomic writes and safetensors reads with clear errors (hub ids resolve in ``zoo.hub``).
 
 Every write goes to a temporary file in the target folder and is renamed over the target, so an interrupted
 run never leaves a half-written checkpoint or card behind. Weights are read from safetensors only.
@@ -15,12 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-OFFLINE_HINT = (
-    "To use it on a machine without network, download it where there is network "
-    "(e.g. `huggingface-cli download {id} --local-dir ./{local}` or `model.save_pretrained('./{local}')`), "
-    "copy the folder here and pass the folder path instead of the hub id."
-)
 
 
 @contextmanager
@@ -135,12 +129,6 @@ def replace_folder_contents(src: Path, dst: Path, names: Iterable[str] | None = 
             os.replace(p, target)
 
 
-def is_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -221,52 +209,3 @@ def not_local(name: str) -> str:
     close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
     hint = f" (did you mean {os.fspath(parent / close[0])!r}?)" if close else ""
     return f"there is no local path {name!r}{hint}"
-
-
-def resolve_model_folder(
-    name_or_path: str | os.PathLike,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    token: str | None = None,
-    allow_patterns: list[str] | None = None,
-    required: tuple[str, ...] = ("config.json", "model.safetensors"),
-) -> Path:
-    """A local folder as is, or a hub repo (or a zoo catalogue name's repo) downloaded through the HF cache.
-
-    A hub id while offline (or unreachable) fails with a message saying how to pass a local folder instead.
-    """
-    path = Path(os.fspath(name_or_path)).expanduser()
-    if path.is_dir():
-        missing = [f for f in required if not (path / f).exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"{path} is missing {missing} (it holds {sorted(p.name for p in path.iterdir())}); "
-                "a student folder is written by save_pretrained."
-            )
-        return path
-    from zoo.catalogue import hub_id_for
-
-    name = hub_id_for(os.fspath(name_or_path))  # a name from the zoo's catalogue (`zoo list`) stands for its hub id
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
-        raise FileNotFoundError(
-            f"{not_local(name) if not path.exists() else repr(name) + ' is not a folder'}. Pass a folder written by "
-            "save_pretrained, or a hub id."
-        )
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    local = name.replace("/", "--")
-    hint = OFFLINE_HINT.format(id=name, local=local)
-    patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.md", "*.model", "*.png"]
-    try:
-        folder = snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token, allow_patterns=patterns)
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
-        raise ConnectionError(
-            f"{not_local(name)}, and {name!r} cannot be downloaded: offline (HF_HUB_OFFLINE is set or no network). "
-            f"{hint}"
-        ) from e
-    except HfHubHTTPError as e:
-        raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
-    except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx
-        raise ConnectionError(f"cannot download {name!r}: {e}. {hint}") from e
-    return resolve_model_folder(Path(folder), required=required)

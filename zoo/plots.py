@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from zoo.io import atomic_path
+
 CURVES_NAME = "training_curves.png"
 
 
@@ -33,8 +35,6 @@ def png_figure(path: str | os.PathLike, nrows: int = 1, ncols: int = 1, **kwargs
 
     matplotlib.use("Agg")  # must precede pyplot
     import matplotlib.pyplot as plt
-
-    from zoo.io import atomic_path
 
     fig, axes = plt.subplots(nrows, ncols, **kwargs)
     try:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from zoo.registry import LOSS_TERMS, list_models
+
 STAGE_ORDER = ("pretrain", "soft_distill", "mixed_distill", "prune", "quant_finetune", "hardware_adapt")
 # Stages that train the float student with the teachers; the raw-student baseline gets the same number of steps.
 DISTILL_STAGES = ("pretrain", "soft_distill", "mixed_distill")
@@ -420,8 +422,6 @@ class Recipe:
     stages: Stages = field(default_factory=Stages)
 
     def __post_init__(self):
-        from zoo.registry import list_models
-
         if self.student not in list_models():
             import difflib
 
@@ -454,7 +454,7 @@ def _strip_optional(tp):
     return tp, False
 
 
-def _convert(value, tp, where: str, source: str):
+def convert_value(value, tp, where: str, source: str):
     """Check and convert one YAML value to the annotated type ``tp``; errors name ``where`` and ``source``."""
     tp, optional = _strip_optional(tp)
     if value is None:
@@ -471,13 +471,14 @@ def _convert(value, tp, where: str, source: str):
             raise ValueError(f"{source}: {where} must be a mapping; got {type(value).__name__} {value!r}.")
         kt, vt = typing.get_args(tp) or (typing.Any, typing.Any)
         return {
-            _convert(k, kt, f"{where} key", source): _convert(v, vt, f"{where}.{k}", source) for k, v in value.items()
+            convert_value(k, kt, f"{where} key", source): convert_value(v, vt, f"{where}.{k}", source)
+            for k, v in value.items()
         }
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"{source}: {where} must be a list; got {type(value).__name__} {value!r}.")
         (it,) = typing.get_args(tp) or (typing.Any,)
-        return [_convert(v, it, f"{where}[{i}]", source) for i, v in enumerate(value)]
+        return [convert_value(v, it, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if tp is typing.Any or tp is dict:
         return value
     if tp is bool:
@@ -507,8 +508,6 @@ def _build(cls, data, where: str, source: str):
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     if cls is LossWeights:  # a loss term registered outside the package: its key is a stage weight too
-        from zoo.registry import LOSS_TERMS
-
         registered = [k for k, c in LOSS_TERMS.items() if k not in known and getattr(c, "stage_weight", True)]
         known = [k for k in known if k != "extra"] + registered
         if any(k in registered for k in data):
@@ -523,7 +522,7 @@ def _build(cls, data, where: str, source: str):
             hint = f" Did you mean {close[0]!r}?" if close else ""
             path = f"{where}.{key}" if where else str(key)
             raise ValueError(f"{source}: unknown key {path!r}.{hint} Allowed here: {known}.")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
+    kwargs = {k: convert_value(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except BadValue as e:

@@ -11,7 +11,8 @@ import time
 import torch
 
 from zoo.commands._shared import parse_teachers, recipe_and_overrides
-from zoo.train import StopRun, distill
+from zoo.train.loop import StopRun
+from zoo.train.run import distill
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:

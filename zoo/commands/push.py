@@ -1,11 +1,11 @@
-"""``zoo push DIR REPO_ID``: check a student folder and upload it to the hub (``zoo.hub``)."""
+"""``zoo push DIR REPO_ID``: check a student folder and upload it to the hub (``zoo.publish``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from zoo.hub import push_folder
+from zoo.publish import push_folder
 
 
 def _cmd_push(args: argparse.Namespace) -> int:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from zoo import data as zdata
 from zoo.teachers.finetune import FinetuneSettings, finetune_teacher
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
     import torch
-
-    from zoo import data as zdata
 
     if os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(1)  # these machines share one core between two vCPUs: more threads only stall

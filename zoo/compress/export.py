@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from zoo.bench import median_ms
-from zoo.io import atomic_path
+from zoo.io import atomic_path, check_finite
 from zoo.modalities import MODALITIES, input_keys
 
 ONNX_NAME = "model.onnx"
@@ -207,8 +207,6 @@ def export_onnx(
     written atomically and checked with ``onnx.checker``.
     """
     import onnx
-
-    from zoo.io import check_finite
 
     check_finite(student.state_dict(), f"export to {path}")
     if opset < 17:

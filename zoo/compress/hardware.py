@@ -21,6 +21,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.bench import (
+    accuracy,
+    count_params,
+    folder_size_bytes,
+    latency_ms,
+    model_entry,
+    one_thread,
+    read_metrics,
+    student_predict,
+    update_metrics,
+)
+from zoo.compress.export import example_batch, export_onnx, onnx_latency_ms, onnx_session, run_onnx
+from zoo.compress.prune import CRITERIA, SCOPES, TARGETS, _prune, pruned_widths, taylor_scores
+from zoo.compress.quant import is_qat, is_quantized
+from zoo.data import load
+from zoo.runs import METRICS_NAME
+
 RUNTIMES = ("torch", "torch_compile", "onnxruntime")
 # largest |logit difference| vs eager torch accepted when checking a runtime (float graphs; int8 gets 20x)
 RUNTIME_ATOL = 1e-3
@@ -53,8 +70,6 @@ def runtime_latency_ms(
     The first sample of ``batch`` is used. With ``check``, outputs that do not match eager PyTorch (beyond
     ``RUNTIME_ATOL``, 20x that for int8 graphs whose rounding may differ) are an error naming the runtime.
     """
-    from zoo.bench import latency_ms, one_thread
-    from zoo.compress.quant import is_quantized
 
     _check_runtime(runtime)
     one = _first(batch)
@@ -73,8 +88,6 @@ def runtime_latency_ms(
                 raise RuntimeError(f"the student does not compile with torch.compile(fullgraph=True): {e}") from e
         ms = latency_ms(compiled, one, repeats=repeats, warmup=3)
     else:
-        from zoo.compress.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
-
         tmp = Path(tempfile.mkdtemp(prefix="zoo-onnx-"))
         try:
             path = export_onnx(student, tmp / "model.onnx", {k: v.repeat_interleave(2, 0) for k, v in one.items()})
@@ -115,8 +128,6 @@ def fit_latency_budget(
     from the same measurement as the trials (a separate measurement's noise could put the budget above it).
     Returns (student, report) with the budget, measured latency, runtime, keep and every trial.
     """
-    from zoo.compress.prune import CRITERIA, SCOPES, TARGETS, _prune, pruned_widths, taylor_scores
-    from zoo.compress.quant import is_qat, is_quantized
 
     _check_runtime(runtime)
     if is_quantized(student) or is_qat(student):
@@ -186,14 +197,11 @@ def data_batches(
     ``zoo.compress.export.example_batch``, which calibrate worse than real data.
     """
     if source is None:
-        from zoo.compress.export import example_batch
-
         batches = [example_batch(student, batch_size=batch_size, seed=i) for i in range(num_batches)]
         return batches, (
             f"no --data given: using {num_batches} synthetic batches of {batch_size} (random images, noise, random "
             "tokens); pass --data SOURCE to use real samples."
         )
-    from zoo.data import load
 
     data = load(source)
     names = list(data.splits)
@@ -217,8 +225,6 @@ def data_batches(
 
 def evaluate_accuracy(student: nn.Module, source: str) -> float:
     """Top-1 accuracy on the test split (or the last split) of ``zoo.data.load(source)``."""
-    from zoo.bench import accuracy, student_predict
-    from zoo.data import load
 
     data = load(source)
     split = "test" if "test" in data.splits else list(data.splits)[-1]
@@ -228,8 +234,6 @@ def evaluate_accuracy(student: nn.Module, source: str) -> float:
 def metrics_entry(student: nn.Module, folder: str | Path, source: str | None, known: dict | None = None, **extra):
     """A metrics.json entry for a saved student: accuracy (from ``source``'s test split, else ``known``), params,
     size of model.safetensors and eager-torch latency at batch 1, one thread."""
-    from zoo.bench import count_params, folder_size_bytes, latency_ms, model_entry
-    from zoo.compress.export import example_batch
 
     acc = evaluate_accuracy(student, source) if source else (known or {}).get("accuracy")
     entry = model_entry(
@@ -246,8 +250,6 @@ def metrics_entry(student: nn.Module, folder: str | Path, source: str | None, kn
 
 def copy_metrics(src: str | Path, dst: str | Path) -> None:
     """Start ``dst``'s metrics.json from ``src``'s, so the lineage (teacher, distilled, ...) stays with the model."""
-    from zoo.bench import read_metrics, update_metrics
-    from zoo.runs import METRICS_NAME
 
     if (Path(src) / METRICS_NAME).exists() and Path(src).resolve() != Path(dst).resolve():
         data = read_metrics(src)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zoo import _quickstart as qs
 from zoo.data.dataset import (
     AUDIO_EXTENSIONS,
     FULL_CHECK_MAX_FILES,
@@ -206,8 +207,6 @@ def quickstart(
     a given seed and sizes. Labels are balanced in every split. ``noise=False`` returns clean images and audio.
     """
     import datasets
-
-    from zoo import _quickstart as qs
 
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown or not modalities:
