@@ -270,7 +270,7 @@ def test_config_json_wrong_type_names_the_key(student_folder):
 
 
 def test_mistyped_paths_are_one_line_and_not_a_hub_problem(tmp_path, monkeypatch, capsys):
-    from zoo.io import resolve_model_folder
+    from zoo.hub import resolve_model_folder
     from zoo.teachers import load_teacher
 
     monkeypatch.chdir(tmp_path)
@@ -347,7 +347,8 @@ def tiny_text_data():
 
 def test_resume_with_changed_settings_or_data_refuses(tiny_text_data, tmp_path):
     from zoo import data as zdata
-    from zoo.train import StopRun, distill
+    from zoo.train.loop import StopRun
+    from zoo.train.run import distill
 
     out = tmp_path / "run"
     with pytest.raises(StopRun):
@@ -362,7 +363,7 @@ def test_resume_with_changed_settings_or_data_refuses(tiny_text_data, tmp_path):
 
 
 def test_a_second_run_into_a_locked_folder_refuses(tmp_path):
-    from zoo.train import distill
+    from zoo.train.run import distill
 
     out = tmp_path / "run"
     out.mkdir()
