@@ -272,16 +272,16 @@ def trim_tokenizer(tokenizer, corpus: Iterable[str]):
     return trimmed, kept
 
 
-def teacher_token_embeddings(model, kept: Sequence[int], batch_size: int = 512) -> torch.Tensor:
+def teacher_token_embeddings(
+    model, kept: Sequence[int], cls_id: int, sep_id: int, batch_size: int = 512
+) -> torch.Tensor:
     """One vector per kept token: the teacher's output for ``[CLS] token [SEP]``, at the token (model2vec's way).
 
     A token's row of the teacher's input embedding knows little; its contextual output, run alone, carries what the
-    whole encoder makes of it. ``model`` is a transformers encoder or ``*ForSequenceClassification`` (its base).
-    Returns (len(kept), hidden_size).
+    whole encoder makes of it. ``model`` is a transformers encoder or ``*ForSequenceClassification`` (its base);
+    ``kept``, ``cls_id`` and ``sep_id`` are ids of the teacher's tokenizer. Returns (len(kept), hidden_size).
     """
     base = getattr(model, "base_model", model)
-    cls_id = getattr(model.config, "cls_token_id", None) or 101
-    sep_id = getattr(model.config, "sep_token_id", None) or 102
     out = []
     with torch.no_grad():
         for i in range(0, len(kept), batch_size):

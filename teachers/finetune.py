@@ -238,11 +238,11 @@ def _fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, s.warmup))
     state = {"step": 0, "best": -1.0, "best_step": None, "history": []}
     ckdir = dst / "checkpoints"
+    torch.manual_seed(seed)  # dropout; a resumed run restores the generator's state from its checkpoint below
     last = latest_checkpoint(ckdir) if resume else None
     if last is not None:
         state = load_checkpoint(last, model=model, optimizer=opt, scheduler=sched)["fit"]
         log(f"zoo teacher: resumed {dst.name} at step {state['step']}/{total}")
-    torch.manual_seed(seed)
     eval_every = per_epoch if s.epochs >= 1 else total
     bar = _Progress(total, state["step"], f"teacher {dst.name}", log, progress)
     labels = torch.tensor([int(x["label"]) for x in train])
@@ -394,8 +394,8 @@ def finetune_teacher(
     val_acc = accuracy(teacher, [r for r in val if r.get(modality) is not None])
     test_acc = accuracy(teacher, [r for r in test if r.get(modality) is not None])
     if s.folds > 1:  # fold teachers only label the rows they did not see; report their mean on held-out splits
-        val_acc = _mean([accuracy(t, [r for r in val if r.get(modality) is not None]) for t in teacher.teachers])
-        test_acc = _mean([accuracy(t, [r for r in test if r.get(modality) is not None]) for t in teacher.teachers])
+        val_acc = _mean([accuracy(t, [r for r in val if r.get(modality) is not None]) for t in teacher.folds])
+        test_acc = _mean([accuracy(t, [r for r in test if r.get(modality) is not None]) for t in teacher.folds])
     metrics = {
         "teacher": {
             "model": model,

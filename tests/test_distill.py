@@ -251,9 +251,9 @@ def test_cli_distill_on_a_user_csv_then_eval(tmp_path):
     assert {"teacher", "raw_student", "distilled"} <= set(metrics["models"])
     for f in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "training_curves.png"):
         assert (out / f).exists(), f
-    # the quickstart recipe cross-fits its teachers: two folds, each a loadable teacher folder
-    assert (out / "teachers" / "text" / "crossfit.json").exists()
-    assert all((out / "teachers" / "text" / f"fold-{k}" / "model.safetensors").exists() for k in range(2))
+    # --data without a recipe: the user-data recipe (every label; one teacher per modality trained here)
+    assert metrics["run"]["recipe"] == "user" and metrics["run"]["recipe_settings"]["data"]["label_fraction"] == 1.0
+    assert (out / "teachers" / "text" / "model.safetensors").exists()
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "eval", str(out), "--data", str(csv)],
                           capture_output=True, text=True, env=_cli_env(), timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from huggingface_hub import constants, snapshot_download
+import huggingface_hub
+from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from zoo.catalogue import hub_id_for
@@ -31,7 +32,7 @@ def is_offline() -> bool:
 def snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None, **kwargs) -> Path:
     """A hub repo's files matching ``allow_patterns`` (never pickles), through the HF cache; offline, from the cache
     only. The one download path of students and teachers; callers turn its errors into their own messages."""
-    folder = snapshot_download(
+    folder = huggingface_hub.snapshot_download(  # looked up at call time: tests stand in for the cache
         repo_id, revision=revision, allow_patterns=allow_patterns, local_files_only=is_offline(), **kwargs
     )
     return Path(folder)

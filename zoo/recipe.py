@@ -413,6 +413,11 @@ class Recipe:
     student: str = "hybrid_tiny"
     student_overrides: dict = field(default_factory=dict)
     tokenizer: str = "train"
+    # with tokenizer "teacher": keep only the teacher's tokens the train (+ unlabeled) texts use, and every character
+    trim_vocabulary: bool = True
+    # "teacher": the student's token embeddings start from the text teacher's (its outputs per token, PCA to the
+    # student's width; the raw-student baseline still starts from random); "random": a blank student
+    student_init: str = "random"
     data: DataSettings = field(default_factory=DataSettings)
     teachers: dict[str, str] = field(default_factory=dict)
     teacher_training: TeacherTraining = field(default_factory=TeacherTraining)
@@ -428,6 +433,8 @@ class Recipe:
             close = difflib.get_close_matches(self.student, list_models(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise BadValue("student", self.student, f"not a registered student.{hint} Registered: {list_models()}.")
+        if self.student_init not in ("random", "teacher"):
+            raise BadValue("student_init", self.student_init, "use 'random' or 'teacher'.")
         if not self.stages.active():
             raise BadValue(
                 "stages",
@@ -560,6 +567,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ValueError(f"override {text!r}: {part!r} holds {child!r}, not a mapping.")
             node = child
         node[path[-1]] = value
+        # a stage's length is steps or epochs: the one set on the command line replaces the recipe's other one
+        twin = {"steps": "epochs", "epochs": "steps"}.get(path[-1])
+        if twin and len(path) == 3 and path[0] == "stages" and value is not None:
+            node.pop(twin, None)
     return data
 
 

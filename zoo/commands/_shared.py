@@ -14,7 +14,7 @@ def parse_teachers(values: list[str] | None) -> dict[str, str]:
     return out
 
 
-def recipe_and_overrides(items: list[str], flags: dict[str, str | None], default: str = "quickstart") -> tuple:
+def recipe_and_overrides(items: list[str], flags: dict, default: str | None = "quickstart") -> tuple:
     """Positional ``RECIPE`` and ``key=value`` items (in any order, anywhere on the line) -> (recipe, overrides).
 
     ``flags`` maps recipe keys to the values of the options that set them (``{"student": args.student}``): an

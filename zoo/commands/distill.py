@@ -25,7 +25,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             "data.source": ("--data", args.data),
             "data.unlabeled": ("--unlabeled", args.unlabeled),
         },
+        default=None,
     )
+    # the offline demo without data; your data gets the recipe made for it (every label, epochs sized to the data)
+    recipe = recipe or ("user" if args.data and args.data != "quickstart" else "quickstart")
     t0 = time.perf_counter()
     try:
         distill(

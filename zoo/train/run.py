@@ -43,17 +43,16 @@ from zoo.controller import BanditController
 from zoo.io import atomic_write_json, load_state_dict_checked, not_local, save_state_dict_atomic
 from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
 from zoo.modalities import IGNORE_INDEX
-from zoo.modalities.text import load_tokenizer, train_wordpiece_tokenizer
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
 from zoo.registry import create_student
 from zoo.runs import JSONL_NAME, STATE_NAME
 from zoo.students import load_student
 from zoo.teachers import TeacherCache, load_teacher
-from zoo.teachers.crossfit import tokenizer_folder
 from zoo.teachers.train import train_teachers
 from zoo.train.loop import StopRun, train_phase
 from zoo.train.report import measure
 from zoo.train.rows import Rows, SampleList, collate_rows, split_inputs
+from zoo.train.tokens import inherit_token_embeddings, student_tokenizer, tokenizer_kind
 
 LOCK_NAME = ".lock"  # the pid of the run writing into the folder
 STOP_ENV = "ZOO_STOP_AFTER_STEPS"  # simulate a crash after this many optimizer steps (resume tests)
@@ -263,34 +262,29 @@ class Run:
         self.criterion = self._criterion()
         self.global_step = int(self.state.get("global_step", 0))
 
-    def new_student(self):
-        """A freshly initialised student (seeded), with the run's tokenizer."""
+    def new_student(self, inherit: bool = True):
+        """A freshly initialised student (seeded), with the run's tokenizer; ``student_init: teacher`` (and
+        ``inherit``) starts its token embeddings from the text teacher's."""
         r = self.recipe
         overrides = copy.deepcopy(r.student_overrides)
         id2label = {str(k): v for k, v in self.data.id2label.items()}
+        kwargs, kept = {}, None
+        if "text" in self.modalities and tokenizer_kind(r.tokenizer, self.teacher_paths) != "train":
+            # a given tokenizer sizes the embedding (as create_student does); a smaller vocab_size cannot hold it
+            tokenizer, kept = student_tokenizer(self, 0)
+            kwargs["tokenizer"] = tokenizer
+            text = dict(overrides.get("text") or {})
+            if text.pop("vocab_size", None) is not None:
+                overrides["text"] = text
         student = create_student(
-            r.student, modalities=self.modalities, num_classes=self.num_classes, id2label=id2label, **overrides
-        )
-        if "text" in student.config.modalities:
-            student.set_tokenizer(self._tokenizer(student.config.text.vocab_size))
+            r.student, modalities=self.modalities, num_classes=self.num_classes, id2label=id2label, **overrides,
+            **kwargs,
+        )  # fmt: skip
+        if "text" in student.config.modalities and "tokenizer" not in kwargs:
+            student.set_tokenizer(student_tokenizer(self, student.config.text.vocab_size)[0])
+        elif "text" in student.config.modalities and inherit and r.student_init == "teacher":
+            inherit_token_embeddings(student, self.teachers.get("text"), kept, self.log)
         return student
-
-    def _tokenizer(self, vocab_size: int):
-        """The student's text tokenizer: trained on the train texts (saved once), or the text teacher's."""
-        if self.recipe.tokenizer == "teacher":
-            if "text" not in self.teacher_paths or not Path(self.teacher_paths["text"]).is_dir():
-                raise ValueError("tokenizer: teacher needs a text teacher given as a local folder.")
-            return load_tokenizer(tokenizer_folder(self.teacher_paths["text"]))
-        if self.recipe.tokenizer != "train":
-            return load_tokenizer(self.recipe.tokenizer)
-        folder = self.out / "checkpoints" / "tokenizer"
-        if self.is_main and not (folder / "tokenizer.json").exists():
-            split = self.data.splits["train"]
-            texts = [t for t in split.dataset["text"] if t] if "text" in split.dataset.column_names else []
-            tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
-            tok.save_pretrained(str(folder))
-        self.accelerator.wait_for_everyone()
-        return load_tokenizer(folder)
 
     def _teacher_cache(self) -> dict:
         """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
@@ -446,7 +440,9 @@ class Run:
                 raw = self.load_phase("raw_student")
             else:
                 torch.manual_seed(r.seed)
-                raw = self.new_student()  # same seed, same initial weights as the distilled student
+                # same seed, same initial weights as the distilled student, except what student_init takes from
+                # the teacher: the baseline learns without any teacher
+                raw = self.new_student(inherit=False)
                 lr = max(s.lr for _, s in distill)
                 # a diverging baseline names the stage whose learning rate it borrowed
                 self.lr_keys = {"raw_student": f"stages.{max(distill, key=lambda d: d[1].lr)[0]}.lr"}
