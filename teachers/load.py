@@ -20,7 +20,7 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 from zoo.hub import is_offline, snapshot
-from zoo.io import not_local
+from zoo.io import not_local, typo_hint
 from zoo.teachers.base import Teacher
 from zoo.teachers.crossfit import CROSSFIT_FILE, CrossFitTeacher, is_crossfit_folder
 from zoo.teachers.hf import CLASSIFIER_SUFFIXES, load_clip, load_hf_classifier, load_hf_encoder
@@ -39,7 +39,7 @@ class TeacherOfflineError(OSError):
 
 def _offline_message(repo_id: str, reason: str) -> str:
     return (
-        f"{not_local(repo_id)}, and teacher {repo_id!r} cannot be loaded from the Hugging Face Hub: {reason}. "
+        f"{typo_hint(repo_id)}cannot load teacher {repo_id!r} from the Hugging Face Hub: {reason}. "
         "Fix the path if it is a typo, or pass a local folder: on a "
         f"machine with network, save it with `AutoModel...from_pretrained({repo_id!r}).save_pretrained(folder, "
         "safe_serialization=True)` plus its tokenizer / processor `.save_pretrained(folder)` (or "

@@ -15,7 +15,7 @@ from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from zoo.catalogue import hub_id_for
-from zoo.io import not_local
+from zoo.io import not_local, typo_hint
 
 OFFLINE_HINT = (
     "To use it on a machine without network, download it where there is network "
@@ -73,8 +73,7 @@ def resolve_model_folder(
         folder = snapshot(name, patterns, revision=revision, cache_dir=cache_dir, token=token)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
         raise ConnectionError(
-            f"{not_local(name)}, and {name!r} cannot be downloaded: offline (HF_HUB_OFFLINE is set or no network). "
-            f"{hint}"
+            f"{typo_hint(name)}cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}"
         ) from e
     except HfHubHTTPError as e:
         raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e

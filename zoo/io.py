@@ -209,3 +209,10 @@ def not_local(name: str) -> str:
     close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
     hint = f" (did you mean {os.fspath(parent / close[0])!r}?)" if close else ""
     return f"there is no local path {name!r}{hint}"
+
+
+def typo_hint(name: str) -> str:
+    """``not_local(name) + ", and "`` before a hub error when ``name`` may be a mistyped path (no ``org/`` part, or a
+    close local name exists); "" for a plain ``org/name`` hub id."""
+    message = not_local(name)
+    return f"{message}, and " if "/" not in name or "did you mean" in message else ""
