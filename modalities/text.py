@@ -298,9 +298,10 @@ def pca_project(vectors: torch.Tensor, dim: int, std: float = 0.02) -> torch.Ten
     model2vec's weight inheritance, with PCA in place of a learned projection).
     """
     x = vectors.double() - vectors.double().mean(0, keepdim=True)
-    dim = min(dim, x.shape[1], x.shape[0])
+    k = min(dim, x.shape[1], x.shape[0])  # fewer tokens (or teacher width) than ``dim``: the rest stays zero
     _, _, v = torch.linalg.svd(x, full_matrices=False)  # (H, H) rows are components, largest first
-    y = x @ v[:dim].T  # (N, dim)
+    y = x.new_zeros(x.shape[0], dim)
+    y[:, :k] = x @ v[:k].T  # (N, k)
     y = y / y.std().clamp_min(1e-8) * std  # default: the std of a fresh embedding (0.02)
     return y.float()
 
