@@ -430,3 +430,20 @@ def test_writing_into_a_folder_zoo_did_not_write_needs_overwrite(student_folder,
     assert "pass --overwrite" in capsys.readouterr().err
     assert json.loads((teacher / "config.json").read_text())["architectures"]  # untouched
     assert main(["prune", str(student_folder), "--keep", "0.5", "--out", str(teacher), "--overwrite"]) == 0
+
+
+def test_eval_on_data_with_other_label_names_refuses(tmp_path, capsys):
+    import zoo
+
+    student = zoo.create_student(
+        "hybrid_test", modalities=["image"], num_classes=3, id2label={"0": "cat", "1": "dog", "2": "owl"}
+    )
+    student.save_pretrained(tmp_path / "s")
+    _png(tmp_path / "d" / "a.png")
+    rows = [{"image": "a.png", "label": ["x", "y", "z"][i % 3], "split": ["train", "test"][i % 2]} for i in range(12)]
+    assert main(["eval", str(tmp_path / "s"), "--data", str(_csv(tmp_path / "d", rows))]) == 1
+    err = capsys.readouterr().err
+    assert "labels the student" in err and "'cat', 'dog', 'owl'" in err and "unknown label 'x'" in err
+    assert err.count("\n") == 1
+    rows = [{**r, "label": ["owl", "cat", "dog"][i % 3]} for i, r in enumerate(rows)]  # same names, another order
+    assert main(["eval", str(tmp_path / "s"), "--data", str(_csv(tmp_path / "d", rows))]) == 0

@@ -56,7 +56,7 @@ def evaluate_folder(folder: str | os.PathLike, data_source: str, split: str = "t
                 raise
             raise ValueError(
                 f"{data_source} has labels the student {folder} does not know (it predicts {list(names.values())}); "
-                f"evaluate it on data with those label names.\n{e}"
+                f"evaluate it on data with those label names ({(str(e).splitlines()[1:] or [str(e)])[0].strip()})."
             ) from e
     if names and {int(k): str(v) for k, v in names.items()} != {int(k): str(v) for k, v in ds.id2label.items()}:
         raise ValueError(
