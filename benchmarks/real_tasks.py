@@ -56,7 +56,8 @@ TASKS = {
         "modality": "text",
         "data": lambda: str(DATA / "debian-sections"),
         "teacher": minilm_path,
-        "teacher_args": {"epochs": 3.0, "lr": 5e-5, "batch_size": 32, "max_length": 64},
+        # 2 epochs at lr 5e-5 reached 70.1% validation (below TF-IDF): the small encoder needs a higher rate
+        "teacher_args": {"epochs": 2.0, "lr": 1.5e-4, "batch_size": 32, "max_length": 64},
     },
     "fashion-mnist": {
         "modality": "image",
@@ -162,7 +163,8 @@ def frozen_encoder_lr(encoder_path: str, modality: str, train, val, test, cache:
         z = np.load(path)
         etr, eva, ete = z["train"], z["validation"], z["test"]
     else:
-        options = {"pooling": "mean", "normalize": True, "max_length": 128} if modality == "text" else {}
+        limit = json.loads((Path(encoder_path) / "config.json").read_text()).get("max_position_embeddings", 512)
+        options = {"pooling": "mean", "normalize": True, "max_length": min(128, limit)} if modality == "text" else {}
         enc = load_teacher(encoder_path, modality=modality, kind="encoder" if modality == "text" else "auto", **options)
 
         def embed(rows):
@@ -315,7 +317,12 @@ def ort_accuracy(session, teacher, rows, batch_size: int = 64) -> float:
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", required=True, choices=sorted(TASKS))
+    ap.add_argument("--task", required=True, choices=[*sorted(TASKS), "custom"])
+    ap.add_argument("--data", default=None, help="custom task: the dataset source")
+    ap.add_argument("--teacher-model", default=None, help="custom task: the pretrained model zoo teacher fine-tunes")
+    ap.add_argument("--modality", default="text", choices=["text", "image"], help="custom task: its modality")
+    ap.add_argument("--teacher-epochs", type=float, default=None)
+    ap.add_argument("--teacher-lr", type=float, default=None)
     ap.add_argument("--recipe", default="user", help="the zoo distill recipe (default: the user-data recipe)")
     ap.add_argument("--student", default=None)
     ap.add_argument("--unlabeled", default=None, help="CSV of rows only the teacher labels (zoo distill --unlabeled)")
@@ -334,7 +341,18 @@ def main(argv=None) -> int:
     from zoo.teachers import load_teacher
     from zoo.train.run import distill
 
-    spec = TASKS[a.task]
+    if a.task == "custom":
+        if not (a.data and a.teacher_model):
+            ap.error("--task custom needs --data and --teacher-model")
+        spec = {"modality": a.modality, "data": lambda: a.data, "teacher": lambda: a.teacher_model,
+                "teacher_args": {"epochs": 2.0, "lr": 1e-4, "batch_size": 32, "max_length": 64}}  # fmt: skip
+    else:
+        spec = dict(TASKS[a.task])
+    spec["teacher_args"] = dict(spec["teacher_args"])
+    if a.teacher_epochs is not None:
+        spec["teacher_args"]["epochs"] = a.teacher_epochs
+    if a.teacher_lr is not None:
+        spec["teacher_args"]["lr"] = a.teacher_lr
     cache = Path(a.cache) / a.task
     t_start = time.perf_counter()
 
