@@ -149,14 +149,14 @@ def finetune(
     weight_decay: float = 0.05,
     seed: int = 0,
     latency_repeats: int = 10,
-    on_error: str = "raise",
+    skip_bad: bool = False,
     progress: bool = True,
 ) -> Path:
     """Fine-tune ``student`` (catalogue name, hub id or folder) on ``data`` (a ``zoo.data.load`` source or its
     result) and write the new student folder ``out_dir``; returns ``out_dir``.
 
     The loss is CE, or ``(1 - kd_weight) * CE + kd_weight * KD`` averaged over ``teachers`` ({modality: path}).
-    ``on_error="skip"`` drops the data's bad rows instead of stopping (``zoo.data.load``); ``progress`` shows a bar
+    ``skip_bad`` drops data rows with problems instead of stopping (``on_error="skip"``); ``progress`` shows a bar
     on a terminal.
     """
     import torch
@@ -165,6 +165,7 @@ def finetune(
         raise ValueError(f"steps={steps}, batch_size={batch_size}, lr={lr}: each must be positive.")
     torch.manual_seed(seed)
     source = data if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
+    on_error = "skip" if skip_bad else "raise"
     data = zoo.data.load(data, on_error=on_error, seed=seed) if isinstance(data, (str, os.PathLike)) else data
     model = zoo.load(str(student))
     if model.config.quantization:

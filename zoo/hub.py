@@ -17,6 +17,7 @@ from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from zoo.catalogue import find, shipped_folder
+from zoo.io import not_local, typo_hint
 
 OFFLINE_HINT = (
     "To use it on a machine without network, download it where there is network "
@@ -71,7 +72,10 @@ def resolve_model_folder(
 
     name = os.fspath(name_or_path)
     if name.startswith((".", "/", "~")) or name.count("/") > 2 or path.exists():
-        raise FileNotFoundError(f"{name!r} is not a folder. Pass a folder written by save_pretrained, or a hub id.")
+        raise FileNotFoundError(
+            f"{not_local(name) if not path.exists() else repr(name) + ' is not a folder'}. Pass a folder written by "
+            "save_pretrained, or a hub id."
+        )
     if name.count("/") == 2:  # org/name/subfolder
         name, sub = name.rsplit("/", 1)
         subfolder = f"{sub}/{subfolder}" if subfolder else sub
@@ -92,8 +96,9 @@ def resolve_model_folder(
         if shipped is not None and revision is None:  # online, but the hub does not have it (yet)
             return resolve_model_folder(shipped, required=required, subfolder=subfolder)
         if isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
-            why = ": offline (HF_HUB_OFFLINE is set or no network)"
-        else:
-            why = f" from the hub ({e})" if isinstance(e, HfHubHTTPError) else f": {e}"
+            raise ConnectionError(
+                f"{typo_hint(name)}cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}"
+            ) from e
+        why = f" from the hub ({e})" if isinstance(e, HfHubHTTPError) else f": {e}"
         raise ConnectionError(f"cannot download {name!r}{why}. {hint}") from e
     return resolve_model_folder(folder / sub if sub else folder, required=required)
