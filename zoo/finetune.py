@@ -26,7 +26,7 @@ from zoo import bench, console
 from zoo.cards import is_hub_id, write_card
 from zoo.catalogue import hub_id_for
 from zoo.plots import png_figure
-from zoo.recipe import Recipe, Stage, Temperature
+from zoo.recipe import ControllerSettings, DataSettings, Recipe, Stage, Stages, Temperature, TrainSettings
 from zoo.runs import JSONL_NAME, METRICS_NAME, STATE_NAME
 from zoo.train.loop import train_phase
 from zoo.train.rows import Rows
@@ -194,10 +194,11 @@ def finetune(
     stage = Stage(steps=steps, lr=lr, warmup=0.0, min_lr_ratio=0.0, temperature=Temperature(start=temperature))
     stage.weights.ce = 1.0 - kd_weight if teacher_paths else 1.0
     stage.weights.kl = kd_weight if teacher_paths else 0.0
-    recipe = Recipe(name="finetune", seed=seed)
-    recipe.data.batch_size = batch_size
-    recipe.train.weight_decay, recipe.train.log_every, recipe.train.checkpoint_every = weight_decay, 1, steps + 1
-    recipe.controller.enabled = False
+    recipe = Recipe(
+        name="finetune", seed=seed, data=DataSettings(batch_size=batch_size),  # the student is the one given
+        train=TrainSettings(weight_decay=weight_decay, log_every=1, checkpoint_every=steps + 1),
+        controller=ControllerSettings(enabled=False), stages=Stages(soft_distill=stage),
+    )  # fmt: skip
     data = copy.copy(data)  # the caller's data keeps its splits
     data.splits = splits
     run = FinetuneRun(recipe, out_dir, model, progress=progress)
