@@ -310,11 +310,19 @@ class TrainSettings:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     checkpoint_every: int = 100
-    log_every: int = 10
+    log_every: int = 10  # metrics.jsonl lines
+    progress_every: int = 50  # off a terminal: a log line with step, loss, rate and ETA every this many steps
     accuracy_tolerance: float = 0.005
     max_rollbacks: int = 3
     baseline: bool = True
-    latency_repeats: int = 20
+    latency_repeats: int = 30  # rounds of the interleaved latency measurement (median and p10-p90 spread)
+    # "shared": teacher outputs in the cache every run shares (zoo.teachers.shared_cache_dir, $ZOO_CACHE); "run":
+    # in the output folder's teacher_cache/
+    teacher_cache: str = "shared"
+
+    def __post_init__(self):
+        if self.teacher_cache not in ("shared", "run"):
+            raise ValueError(f"train.teacher_cache {self.teacher_cache!r}: expected 'shared' or 'run'.")
 
 
 @dataclass
