@@ -195,3 +195,13 @@ def test_the_teacher_cache_goes_to_the_shared_folder_unless_the_recipe_says_run(
     assert TrainSettings(teacher_cache="run").teacher_cache == "run"
     with pytest.raises(ValueError, match="train.teacher_cache"):
         TrainSettings(teacher_cache="elsewhere")
+
+
+def test_audio_clips_longer_than_clip_seconds_count_as_truncated():
+    import numpy as np
+
+    from zoo.modalities import MODALITIES
+
+    pre = MODALITIES["audio"].preprocessor(MODALITIES["audio"].config(clip_seconds=1.0))
+    clips = [{"array": np.zeros(n, dtype="float32"), "sampling_rate": 8000} for n in (8000, 8001, 4000, 24000)]
+    assert pre.truncated([*clips, None]) == 2

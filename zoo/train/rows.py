@@ -76,14 +76,17 @@ class SampleList:
 
 
 def truncation_report(split, preprocessors: dict, teachers: dict | None = None) -> dict:
-    """How many rows of ``split`` each preprocessing cuts: the student's per modality (text past its
-    ``max_length``, audio past its ``clip_seconds``) and each teacher's (text past the teacher's ``max_length``).
+    """How many rows of ``split`` (a ``zoo.data`` split, or its ``Rows``: their decoded samples are reused) each
+    preprocessing cuts: the student's per modality (text past its ``max_length``, audio past its ``clip_seconds``)
+    and each teacher's (text past the teacher's ``max_length``).
 
     Returns ``{"rows": n, "student": {modality: {"truncated": k, "limit": ...}}, "teachers": {modality: {...}}}``;
     a modality whose preprocessing cuts nothing (images are resized) is left out.
     """
-    columns = getattr(split.dataset, "column_names", None) or []
-    texts = list(split.dataset["text"]) if "text" in columns else None
+    raw = split.raw if isinstance(split, Rows) else lambda i: split[i]
+    dataset = (split.split if isinstance(split, Rows) else split).dataset
+    columns = getattr(dataset, "column_names", None) or []
+    texts = list(dataset["text"]) if "text" in columns else None
     report: dict = {"rows": len(split), "student": {}, "teachers": {}}
     for m, pre in preprocessors.items():
         if not hasattr(pre, "truncated"):
@@ -92,7 +95,7 @@ def truncation_report(split, preprocessors: dict, teachers: dict | None = None) 
             values, limit = texts, {"max_length": pre.config.max_length}
         elif m == "audio":
             values, limit = (
-                [split[i].get("audio") for i in range(len(split))],
+                [raw(i).get("audio") for i in range(len(split))],
                 {"clip_seconds": pre.config.clip_seconds},
             )
         else:

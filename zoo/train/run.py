@@ -214,7 +214,7 @@ class Run:
                 + ("; the teachers trained here saw all of them" if self.trained_teachers else "")
             )
         # what each preprocessing cuts (the student's and each teacher's): a cut text loses its end silently otherwise
-        self.truncation = truncation_report(self.data.splits["train"], pre, self.teachers)
+        self.truncation = truncation_report(self.rows["train"], pre, self.teachers)
         for line in truncation_lines(self.truncation):
             self.log(line)
         self.timings["preprocess"] = time.perf_counter() - t0
