@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo import console
 from zoo.modalities.base import Modality, register_modality
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -38,12 +37,64 @@ class TextConfig:
     lowercase: bool = True
 
 
+def _wordpiece_vocab(words: dict[str, int], size: int) -> list[str]:
+    """WordPiece tokens for ``{word: count}``: every character (``##`` when inside a word), then BPE merges of the
+    most frequent adjacent pair until ``size`` tokens, ties broken by the pair's text (deterministic)."""
+    import heapq
+
+    seqs = [[w[0]] + [f"##{c}" for c in w[1:]] for w in words]
+    counts = list(words.values())
+    vocab = sorted({t for seq in seqs for t in seq})
+    pairs: dict[tuple[str, str], int] = {}
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, seq in enumerate(seqs):
+        for pair in zip(seq, seq[1:]):
+            pairs[pair] = pairs.get(pair, 0) + counts[i]
+            where.setdefault(pair, set()).add(i)
+    heap = [(-n, pair) for pair, n in pairs.items()]
+    heapq.heapify(heap)
+    known = set(vocab)
+    while len(vocab) < size and heap:
+        n, pair = heapq.heappop(heap)
+        if pairs.get(pair, 0) != -n or n == 0:
+            continue  # a stale entry: the pair's count changed after it was pushed
+        a, b = pair
+        merged = a + b[2:]
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair, ())):
+            seq, c = seqs[i], counts[i]
+            for old in zip(seq, seq[1:]):
+                pairs[old] -= c
+                changed.add(old)
+            out, j = [], 0
+            while j < len(seq):
+                if j + 1 < len(seq) and seq[j] == a and seq[j + 1] == b:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(seq[j])
+                    j += 1
+            seqs[i] = out
+            for new in zip(out, out[1:]):
+                pairs[new] = pairs.get(new, 0) + c
+                where.setdefault(new, set()).add(i)
+                changed.add(new)
+        pairs.pop(pair, None)
+        for p in sorted(changed):
+            if pairs.get(p, 0) > 0:
+                heapq.heappush(heap, (-pairs[p], p))
+        if merged not in known:
+            known.add(merged)
+            vocab.append(merged)
+    return vocab
+
+
 def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, lowercase: bool = True):
     """Train a WordPiece tokenizer on ``corpus`` and wrap it as a ``PreTrainedTokenizerFast``.
 
     Special tokens are ``[PAD]`` (id 0), ``[UNK]``, ``[CLS]``, ``[SEP]`` and ``[MASK]``, as in BERT.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     texts = [t for t in corpus if isinstance(t, str) and t.strip()]
@@ -56,15 +107,14 @@ def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, low
         norm.insert(0, normalizers.Lowercase())
     tok.normalizer = normalizers.Sequence(norm)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=specials, min_frequency=1, show_progress=console.progress
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    # The trainer numbers tokens in hash-map order, which changes from process to process; renumber them in a fixed
-    # order (specials first, then sorted) so the same vocabulary always gets the same ids. The vocabulary itself can
-    # still differ by a few tokens between processes where merges tie in count (the Rust trainer breaks ties in
-    # hash order); a run saves its tokenizer, so resuming it is exact.
-    learned = sorted(t for t in tok.get_vocab() if t not in specials)
+    # The Rust trainer breaks ties between equally frequent merges in hash-map order, which changes from process to
+    # process (PYTHONHASHSEED does not reach it), so the same corpus gave different vocabularies. The merges are
+    # learned here instead, ties broken by the tokens' text: the same corpus gives the same vocabulary everywhere.
+    words: dict[str, int] = {}
+    for text in texts:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            words[word] = words.get(word, 0) + 1
+    learned = _wordpiece_vocab(words, vocab_size - len(specials))
     tok.model = models.WordPiece(
         vocab={t: i for i, t in enumerate(specials + sorted(learned, key=lambda t: (t.startswith("##"), t)))},
         unk_token="[UNK]",
@@ -263,9 +313,10 @@ def pca_project(vectors: torch.Tensor, dim: int, std: float = 0.02) -> torch.Ten
     model2vec's weight inheritance, with PCA in place of a learned projection).
     """
     x = vectors.double() - vectors.double().mean(0, keepdim=True)
-    dim = min(dim, x.shape[1], x.shape[0])
+    k = min(dim, x.shape[1], x.shape[0])  # fewer tokens (or teacher width) than ``dim``: the rest stays zero
     _, _, v = torch.linalg.svd(x, full_matrices=False)  # (H, H) rows are components, largest first
-    y = x @ v[:dim].T  # (N, dim)
+    y = x.new_zeros(x.shape[0], dim)
+    y[:, :k] = x @ v[:k].T  # (N, k)
     y = y / y.std().clamp_min(1e-8) * std  # default: the std of a fresh embedding (0.02)
     return y.float()
 

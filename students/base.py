@@ -27,7 +27,7 @@ from zoo.auto import MODEL_TYPE  # config.json's model_type: transformers' AutoC
 from zoo.cards import build_card
 from zoo.compress.quant import apply_quantization_scheme
 from zoo.hub import resolve_model_folder
-from zoo.io import load_state_dict_checked, replace_folder_contents, save_state_dict_atomic
+from zoo.io import check_finite, load_state_dict_checked, replace_folder_contents, save_state_dict_atomic
 from zoo.modalities import MODALITIES, collate, input_keys, load_tokenizer
 from zoo.registry import model_class
 from zoo.runs import METRICS_NAME
@@ -172,7 +172,7 @@ class Student(
         if kwargs.get("config") is None:  # push_to_hub passes config=None
             kwargs["config"] = {"model_type": MODEL_TYPE, **self.config.to_dict()}
         run_folder = self._run_folder() if (kwargs.get("model_card_kwargs") or {}).get("repo_id") else None
-        tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=dst.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".save-{os.getpid()}-", dir=dst.parent))  # pid: zoo.io.clean_leftovers
         try:
             out = super().save_pretrained(tmp, **kwargs)
             if run_folder is not None:
@@ -230,6 +230,7 @@ class Student(
         if config.quantization:  # the int8 layers the weights were converted to
             apply_quantization_scheme(model, config.quantization)
         state = load_state_dict_checked(folder / WEIGHTS_NAME, device=map_location)
+        check_finite(state, str(folder / WEIGHTS_NAME))
         expected = model.state_dict()
         missing, unexpected = set(expected) - set(state), set(state) - set(expected)
         if missing or unexpected:

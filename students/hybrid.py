@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -32,6 +33,7 @@ from zoo.modalities import MODALITIES, check_modalities, input_keys, load_tokeni
 from zoo.modalities.audio import AudioConfig
 from zoo.modalities.image import ImageConfig
 from zoo.modalities.text import TextConfig
+from zoo.recipe import convert_value
 from zoo.registry import register_architecture
 from zoo.students.base import PruneGroup, PruneSlice, Student
 
@@ -144,7 +146,8 @@ def _dataclass_from_dict(cls, data: dict, source: str):
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{source} has unknown keys {unknown}; {cls.__name__} knows {sorted(known)}.")
-    return cls(**data)
+    hints = typing.get_type_hints(cls)  # a wrong type (embed_dim: "32") is an error naming the key
+    return cls(**{k: convert_value(v, hints[k], k, source) for k, v in data.items()})
 
 
 class ConvBlock(nn.Module):

@@ -186,9 +186,19 @@ class Teacher(nn.Module):
             "preprocess_hash": self.preprocess_hash,
         }
         self.fingerprint = hash_json(self.identity)
+        self.label_order: list[int] | None = None  # data class i is the teacher's class label_order[i]
         for p in self.model.parameters():  # (ScriptModules lack requires_grad_)
             p.requires_grad_(False)
         super().train(False)
+
+    def relabel(self, order: list[int]) -> None:
+        """Reorder the logits so column i is the teacher's class ``order[i]`` (the data's label order)."""
+        self.label_order = list(order)
+        if self.id2label:
+            names = {int(k): v for k, v in self.id2label.items()}
+            self.id2label = {i: names[j] for i, j in enumerate(order)}
+        self.identity = {**self.identity, "label_order": self.label_order}
+        self.fingerprint = hash_json(self.identity)  # reordered outputs are other outputs for the cache
 
     def train(self, mode: bool = True) -> Teacher:
         """Teachers always stay in eval mode (dropout off, batch-norm statistics frozen)."""
@@ -278,6 +288,8 @@ class Teacher(nn.Module):
         )
         with torch.no_grad(), autocast:
             out = self._forward(model_inputs, layers, pool)
+        if self.label_order is not None and out.logits is not None and self.similarity_scale is None:
+            out.logits = out.logits[:, self.label_order]
         return _scatter(out, mask.to(device), pairwise=self.similarity_scale is not None)
 
     def forward(self, samples: Sequence[dict], layers: Sequence[str] | None = None, pool: bool = False):

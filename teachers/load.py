@@ -20,6 +20,7 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 from zoo.hub import is_offline, snapshot
+from zoo.io import not_local, typo_hint
 from zoo.teachers.base import Teacher
 from zoo.teachers.crossfit import CROSSFIT_FILE, CrossFitTeacher, is_crossfit_folder
 from zoo.teachers.hf import CLASSIFIER_SUFFIXES, load_clip, load_hf_classifier, load_hf_encoder
@@ -38,7 +39,8 @@ class TeacherOfflineError(OSError):
 
 def _offline_message(repo_id: str, reason: str) -> str:
     return (
-        f"cannot load teacher {repo_id!r} from the Hugging Face Hub: {reason}. Pass a local folder instead: on a "
+        f"{typo_hint(repo_id)}cannot load teacher {repo_id!r} from the Hugging Face Hub: {reason}. "
+        "Fix the path if it is a typo, or pass a local folder: on a "
         f"machine with network, save it with `AutoModel...from_pretrained({repo_id!r}).save_pretrained(folder, "
         "safe_serialization=True)` plus its tokenizer / processor `.save_pretrained(folder)` (or "
         f"`hf download {repo_id} --local-dir folder`), copy the folder here and pass its path."
@@ -133,7 +135,7 @@ def load_teacher(
         path, name = silero_vad_path(), "silero-vad"
     elif not os.path.exists(path):
         if path.startswith((".", "/", "~")) or path.count("/") > 1:  # a path, not an "org/name" hub id
-            raise FileNotFoundError(f"teacher path {path!r} does not exist.")
+            raise FileNotFoundError(f"teacher: {not_local(path)}.")
         path, revision_used = resolve_hub_id(path, revision)
     else:
         name = os.path.basename(os.path.abspath(path))

@@ -234,13 +234,13 @@ def test_duplicate_ids_and_bad_split_values(tmp_path):
     )
     with pytest.raises(DataError, match=r"d.csv row 2, column 'id': duplicate id 'x' \(first in .*row 0\)"):
         load(tmp_path / "d.csv")
-    pd.DataFrame({"text": ["a", "b"], "label": [0, 1], "split": ["train", "holdout"]}).to_csv(
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 1, 1], "split": ["train", "holdout", "train"]}).to_csv(
         tmp_path / "s.csv", index=False
     )
     with pytest.raises(DataError, match=r"s.csv row 1, column 'split': split 'holdout'"):
         load(tmp_path / "s.csv")
     data = load(tmp_path / "s.csv", on_error="skip")
-    assert len(data.splits["train"]) == 1 and data.report.skipped_rows == 1
+    assert len(data.splits["train"]) == 2 and data.report.skipped_rows == 1  # (one class left would be an error)
 
 
 def test_label_maps(tmp_path):

@@ -193,7 +193,7 @@ def test_the_teacher_cache_goes_to_the_shared_folder_unless_the_recipe_says_run(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert shared_cache_dir() == str(tmp_path / "x" / "distill-zoo" / "teacher_cache")
     assert TrainSettings(teacher_cache="run").teacher_cache == "run"
-    with pytest.raises(ValueError, match="train.teacher_cache"):
+    with pytest.raises(ValueError, match="teacher_cache='elsewhere'"):
         TrainSettings(teacher_cache="elsewhere")
 
 

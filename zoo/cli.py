@@ -36,10 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # key=value overrides may come after options (`zoo distill --out x stages.a.steps=5`): argparse leaves those
+    # positionals over once an option ended the first run of them, so they are collected here
     args, extra = parser.parse_known_args(argv)
-    if extra:  # an option the verb does not know: the verb's usage, not the top-level one
-        verb = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else None
-        (verb or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        if not hasattr(args, "items") or any(e.startswith("-") for e in extra):
+            # an option the verb does not know: the verb's usage, not the top-level one
+            verb = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else None
+            (verb or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        args.items = [*args.items, *extra]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         FileExistsError,
         KeyError,
         TypeError,
+        OSError,
     ) as e:  # user errors: one clear line, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 1

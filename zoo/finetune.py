@@ -110,11 +110,13 @@ def finetune(
     weight_decay: float = 0.05,
     seed: int = 0,
     latency_repeats: int = 10,
+    skip_bad: bool = False,
 ) -> Path:
     """Fine-tune ``student`` (catalogue name, hub id or folder) on ``data`` (a ``zoo.data.load`` source or its
     result) and write the new student folder ``out_dir``; returns ``out_dir``.
 
     The loss is CE, or ``(1 - kd_weight) * CE + kd_weight * KD`` averaged over ``teachers`` ({modality: path}).
+    ``skip_bad`` drops data rows with problems instead of stopping (``on_error="skip"``).
     """
     import torch
 
@@ -123,7 +125,9 @@ def finetune(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     source = data if isinstance(data, (str, os.PathLike)) else getattr(data, "source", "data")
-    data = zoo.data.load(data) if isinstance(data, (str, os.PathLike)) else data
+    data = (
+        zoo.data.load(data, on_error="skip" if skip_bad else "raise") if isinstance(data, (str, os.PathLike)) else data
+    )
     model = zoo.load(str(student))
     if model.config.quantization:
         raise ValueError(

@@ -15,6 +15,7 @@ from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from zoo.catalogue import hub_id_for
+from zoo.io import not_local, typo_hint
 
 OFFLINE_HINT = (
     "To use it on a machine without network, download it where there is network "
@@ -69,7 +70,10 @@ def resolve_model_folder(
 
     name = os.fspath(name_or_path)
     if name.startswith((".", "/", "~")) or name.count("/") > 2 or path.exists():
-        raise FileNotFoundError(f"{name!r} is not a folder. Pass a folder written by save_pretrained, or a hub id.")
+        raise FileNotFoundError(
+            f"{not_local(name) if not path.exists() else repr(name) + ' is not a folder'}. Pass a folder written by "
+            "save_pretrained, or a hub id."
+        )
     if name.count("/") == 2:  # org/name/subfolder
         name, sub = name.rsplit("/", 1)
         subfolder = f"{sub}/{subfolder}" if subfolder else sub
@@ -83,7 +87,9 @@ def resolve_model_folder(
     try:
         folder = snapshot(name, patterns, revision=revision, cache_dir=cache_dir, token=token)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
-        raise ConnectionError(f"cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}") from e
+        raise ConnectionError(
+            f"{typo_hint(name)}cannot download {name!r}: offline (HF_HUB_OFFLINE is set or no network). {hint}"
+        ) from e
     except HfHubHTTPError as e:
         raise ConnectionError(f"cannot download {name!r} from the hub ({e}). {hint}") from e
     except OSError as e:  # connection errors surface as OSError subclasses in requests/httpx

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from zoo.registry import LOSS_TERMS
+from zoo.registry import LOSS_TERMS, list_models
 
 STAGE_ORDER = ("pretrain", "soft_distill", "mixed_distill", "prune", "quant_finetune", "hardware_adapt")
 # Stages that train the float student with the teachers; the raw-student baseline gets the same number of steps.
@@ -31,6 +31,38 @@ DISTILL_STAGES = ("pretrain", "soft_distill", "mixed_distill")
 # Stages that must not lose accuracy: the accuracy guard rolls them back.
 GUARDED_STAGES = ("prune", "quant_finetune", "hardware_adapt")
 SCHEDULES = ("constant", "linear", "cosine")
+
+
+class BadValue(ValueError):
+    """A recipe value out of its range; ``_build`` prefixes the dotted path of ``key`` and the source file."""
+
+    def __init__(self, key: str, value, rule: str):
+        super().__init__(f"{key}={value!r}: {rule}")
+        self.key, self.value, self.rule = key, value, rule
+
+
+def _number(obj, key: str, *, low: float = 0.0, above: bool = False, high: float | None = None, value=None) -> None:
+    """Refuse a non-finite ``obj.key`` or one outside [low, high] (``above``: strictly above ``low``)."""
+    import math
+
+    v = getattr(obj, key) if value is None else value
+    if v is None:
+        return
+    ok = isinstance(v, (int, float)) and math.isfinite(v) and (v > low if above else v >= low)
+    ok = ok and (high is None or v <= high)
+    if not ok:
+        bound = f"> {low}" if above else f">= {low}"
+        raise BadValue(
+            key, v, f"must be a finite number {bound}" + (f" and <= {high}" if high is not None else "") + "."
+        )
+
+
+def _positive_int(obj, key: str, *, optional: bool = False) -> None:
+    v = getattr(obj, key)
+    if v is None and optional:
+        return
+    if not isinstance(v, int) or v < 1:
+        raise BadValue(key, v, "must be an integer >= 1.")
 
 
 @dataclass
@@ -44,8 +76,8 @@ class Temperature:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"temperature.schedule {self.schedule!r}: expected one of {list(SCHEDULES)}.")
-        if self.start <= 0 or (self.end is not None and self.end <= 0):
-            raise ValueError(f"temperature start {self.start} / end {self.end}: temperatures must be > 0.")
+        _number(self, "start", above=True)
+        _number(self, "end", above=True)
 
     def at(self, progress: float) -> float:
         """Temperature at ``progress`` (0 at the stage's first step, 1 at its last)."""
@@ -82,6 +114,10 @@ class LossWeights:
     reference: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)  # terms registered outside the package, by their key
 
+    def __post_init__(self):
+        for key, weight in self.as_dict().items():  # a negative weight would train the student away from a target
+            _number(self, key, value=weight)
+
     def as_dict(self) -> dict[str, float]:
         """{term key: weight}, the registered extra terms beside the built-in ones."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -117,7 +153,11 @@ class Stage:
         if self.steps is not None and self.steps < 0:
             raise ValueError(f"steps={self.steps}: must be >= 0.")
         if not 0 < self.data_fraction <= 1:
-            raise ValueError(f"data_fraction={self.data_fraction}: must be in (0, 1].")
+            raise BadValue("data_fraction", self.data_fraction, "must be in (0, 1].")
+        _number(self, "epochs")
+        _number(self, "lr")
+        _number(self, "warmup", high=1.0)
+        _number(self, "min_lr_ratio", high=1.0)
 
     def num_steps(self, train_size: int, batch_size: int) -> int:
         """The stage's optimizer steps for a train split of ``train_size`` samples at ``batch_size``."""
@@ -143,7 +183,7 @@ class CompressionStage(Stage):
     def __post_init__(self):
         super().__post_init__()
         if self.accuracy_tolerance is not None and not 0 <= self.accuracy_tolerance <= 1:
-            raise ValueError(f"accuracy_tolerance={self.accuracy_tolerance}: a fraction of accuracy, in [0, 1].")
+            raise BadValue("accuracy_tolerance", self.accuracy_tolerance, "a fraction of accuracy, in [0, 1].")
 
 
 @dataclass
@@ -157,12 +197,21 @@ class PruneStage(CompressionStage):
     criterion: str = "taylor"
     retry_keeps: list[float] = field(default_factory=lambda: [0.8, 0.9])
 
+    def __post_init__(self):
+        super().__post_init__()
+        for i, keep in enumerate([self.keep, *self.retry_keeps]):
+            _number(self, "keep" if i == 0 else f"retry_keeps[{i - 1}]", value=keep, above=True, high=1.0)
+
 
 @dataclass
 class QuantStage(CompressionStage):
     """Int8 quantization-aware fine-tuning (``weights.quant``: KD from the float student), then int8 conversion."""
 
     calibration_batches: int = 8
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive_int(self, "calibration_batches")
 
 
 @dataclass
@@ -177,6 +226,11 @@ class HardwareStage(CompressionStage):
     latency_budget_ms: float | None = None
     latency_budget_ratio: float | None = None
     runtime: str = "torch"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _number(self, "latency_budget_ms", above=True)
+        _number(self, "latency_budget_ratio", above=True)
 
 
 @dataclass
@@ -220,6 +274,11 @@ class TeacherTraining:
     text_max_length: int = 32
     text_vocab_size: int = 2048
 
+    def __post_init__(self):
+        for key in ("folds", "steps", "batch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            _positive_int(self, key)
+        _number(self, "lr", above=True)
+
 
 @dataclass
 class DataSettings:
@@ -241,7 +300,11 @@ class DataSettings:
 
     def __post_init__(self):
         if not 0.0 < self.label_fraction <= 1.0:
-            raise ValueError(f"data.label_fraction must be in (0, 1]; got {self.label_fraction}.")
+            raise BadValue("label_fraction", self.label_fraction, "must be in (0, 1].")
+        for key in ("batch_size", "eval_batch_size"):
+            _positive_int(self, key)
+        for key in ("max_train_samples", "max_unlabeled"):  # 0 would train on nothing; null means all rows
+            _positive_int(self, key, optional=True)
 
 
 @dataclass
@@ -275,7 +338,13 @@ class LossSettings:
     def __post_init__(self):
         for name in ("feature_loss", "embedding_loss"):
             if getattr(self, name) not in ("mse", "cosine"):
-                raise ValueError(f"losses.{name} {getattr(self, name)!r}: expected 'mse' or 'cosine'.")
+                raise BadValue(name, getattr(self, name), "expected 'mse' or 'cosine'.")
+        if self.teacher_fusion not in ("product", "mean"):
+            raise BadValue("teacher_fusion", self.teacher_fusion, "expected 'product' or 'mean'.")
+        for key in ("feature", "embedding", "relation", "gradient_penalty"):
+            _number(self, key)
+        for modality, weight in self.modality_weights.items():
+            _number(self, f"modality_weights.{modality}", value=weight)
 
 
 @dataclass
@@ -298,7 +367,13 @@ class ControllerSettings:
         if self.metric not in ("loss", "accuracy"):
             raise ValueError(f"controller.metric {self.metric!r}: expected 'loss' or 'accuracy'.")
         if not self.arms:
-            raise ValueError("controller.arms is empty; list at least one KD-weight multiplier.")
+            raise BadValue("arms", self.arms, "list at least one KD-weight multiplier.")
+        for i, arm in enumerate(self.arms):
+            _number(self, f"arms[{i}]", value=arm)
+        _positive_int(self, "interval")  # the reward is measured every `interval` steps
+        _positive_int(self, "eval_samples")
+        _number(self, "exploration")
+        _number(self, "discount", above=True, high=1.0)
 
 
 @dataclass
@@ -321,8 +396,23 @@ class TrainSettings:
     teacher_cache: str = "shared"
 
     def __post_init__(self):
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise BadValue("mixed_precision", self.mixed_precision, "expected 'no', 'fp16' or 'bf16'.")
         if self.teacher_cache not in ("shared", "run"):
-            raise ValueError(f"train.teacher_cache {self.teacher_cache!r}: expected 'shared' or 'run'.")
+            raise BadValue("teacher_cache", self.teacher_cache, "expected 'shared' or 'run'.")
+        for key in (
+            "gradient_accumulation_steps",
+            "checkpoint_every",
+            "log_every",
+            "progress_every",
+            "latency_repeats",
+        ):
+            _positive_int(self, key)
+        _number(self, "weight_decay")
+        _number(self, "grad_clip")
+        _number(self, "accuracy_tolerance", high=1.0)
+        if not isinstance(self.max_rollbacks, int) or self.max_rollbacks < 0:
+            raise BadValue("max_rollbacks", self.max_rollbacks, "must be an integer >= 0.")
 
 
 @dataclass
@@ -349,8 +439,20 @@ class Recipe:
     stages: Stages = field(default_factory=Stages)
 
     def __post_init__(self):
+        if self.student not in list_models():
+            import difflib
+
+            close = difflib.get_close_matches(self.student, list_models(), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise BadValue("student", self.student, f"not a registered student.{hint} Registered: {list_models()}.")
         if self.student_init not in ("random", "teacher"):
-            raise ValueError(f"student_init={self.student_init!r}: use 'random' or 'teacher'.")
+            raise BadValue("student_init", self.student_init, "use 'random' or 'teacher'.")
+        if not self.stages.active():
+            raise BadValue(
+                "stages",
+                "none enabled",
+                f"a recipe needs at least one of {list(STAGE_ORDER)} (e.g. stages.soft_distill.steps=50).",
+            )
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -371,7 +473,7 @@ def _strip_optional(tp):
     return tp, False
 
 
-def _convert(value, tp, where: str, source: str):
+def convert_value(value, tp, where: str, source: str):
     """Check and convert one YAML value to the annotated type ``tp``; errors name ``where`` and ``source``."""
     tp, optional = _strip_optional(tp)
     if value is None:
@@ -388,13 +490,14 @@ def _convert(value, tp, where: str, source: str):
             raise ValueError(f"{source}: {where} must be a mapping; got {type(value).__name__} {value!r}.")
         kt, vt = typing.get_args(tp) or (typing.Any, typing.Any)
         return {
-            _convert(k, kt, f"{where} key", source): _convert(v, vt, f"{where}.{k}", source) for k, v in value.items()
+            convert_value(k, kt, f"{where} key", source): convert_value(v, vt, f"{where}.{k}", source)
+            for k, v in value.items()
         }
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"{source}: {where} must be a list; got {type(value).__name__} {value!r}.")
         (it,) = typing.get_args(tp) or (typing.Any,)
-        return [_convert(v, it, f"{where}[{i}]", source) for i, v in enumerate(value)]
+        return [convert_value(v, it, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if tp is typing.Any or tp is dict:
         return value
     if tp is bool:
@@ -438,9 +541,12 @@ def _build(cls, data, where: str, source: str):
             hint = f" Did you mean {close[0]!r}?" if close else ""
             path = f"{where}.{key}" if where else str(key)
             raise ValueError(f"{source}: unknown key {path!r}.{hint} Allowed here: {known}.")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
+    kwargs = {k: convert_value(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except BadValue as e:
+        key = f"{where}.{e.key}" if where else e.key
+        raise ValueError(f"{source}: {key}={e.value!r}: {e.rule}") from e
     except (ValueError, TypeError) as e:
         raise ValueError(f"{source}: {where or 'recipe'}: {e}") from e
 
@@ -487,18 +593,26 @@ def bundled_recipes() -> list[str]:
 
 
 def recipe_path(name_or_path: str | os.PathLike) -> Path:
-    """A YAML file path as is, or a bundled recipe by name (``s1``, ``quickstart``)."""
-    path = Path(os.fspath(name_or_path))
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe file {path} does not exist.")
-        return path
-    bundled = resources.files("zoo").joinpath("recipes", f"{name_or_path}.yaml")
-    if not bundled.is_file():
+    """A YAML file path as is, or a bundled recipe by name (``s1``, ``quickstart``).
+
+    A bare name (no ``.yaml`` and no folder in it) is a bundled recipe first, so a folder in the working directory
+    named like one (``quickstart/``) does not shadow it; ``./quickstart.yaml`` names a file.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    bundled = resources.files("zoo").joinpath("recipes", f"{text}.yaml")
+    bare = path.suffix not in (".yaml", ".yml") and "/" not in text and os.sep not in text
+    if bare and bundled.is_file():
+        return Path(str(bundled))
+    if path.is_dir():
         raise FileNotFoundError(
-            f"no recipe {os.fspath(name_or_path)!r}: not a file and not a bundled recipe ({bundled_recipes()})."
+            f"recipe {path} is a folder; give a YAML file or a bundled recipe ({bundled_recipes()})."
         )
-    return Path(str(bundled))
+    if path.is_file():
+        return path
+    if not bare:
+        raise FileNotFoundError(f"recipe file {path} does not exist.")
+    raise FileNotFoundError(f"no recipe {text!r}: not a file and not a bundled recipe ({bundled_recipes()}).")
 
 
 def load_recipe(name_or_path: str | os.PathLike = "quickstart", overrides: list[str] | None = None) -> Recipe:

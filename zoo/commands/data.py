@@ -28,6 +28,9 @@ def add_cli(subparsers) -> None:
             f"--{key}-column", default=key, metavar="NAME", help=f"column holding the {key} (default: {key})"
         )
     p.add_argument("--skip-bad", action="store_true", help="skip rows with problems (they are still listed)")
+    p.add_argument(
+        "--allow-outside-paths", action="store_true", help="accept media paths that leave the data file's folder"
+    )
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -59,6 +62,7 @@ def _cli(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         seed=args.seed,
         label_map=args.label_map,
+        allow_outside_paths=args.allow_outside_paths,
     )
     truncation = _truncation(data, args)
     summary = {**data.summary(), "truncation": truncation}

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from zoo.commands._shared import SOURCE_HELP, parse_teachers
+from zoo.commands._shared import SOURCE_HELP, parse_teachers, recipe_and_overrides
 from zoo.train.loop import StopRun
 from zoo.train.run import distill
 
@@ -18,14 +18,15 @@ from zoo.train.run import distill
 def _cmd_distill(args: argparse.Namespace) -> int:
     if os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(1)  # these machines share one core between two vCPUs: more threads only stall
-    recipe, overrides = None, []
-    for item in args.items:
-        if "=" in item:
-            overrides.append(item)
-        elif recipe is None and not overrides:
-            recipe = item
-        else:
-            raise ValueError(f"unexpected argument {item!r}: give the recipe first, then key=value overrides.")
+    recipe, overrides = recipe_and_overrides(
+        args.items,
+        {
+            "student": ("--student", args.student),
+            "data.source": ("--data", args.data),
+            "data.unlabeled": ("--unlabeled", args.unlabeled),
+        },
+        default=None,
+    )
     # the offline demo without data; your data gets the recipe made for it (every label, epochs sized to the data)
     recipe = recipe or ("user" if args.data and args.data != "quickstart" else "quickstart")
     t0 = time.perf_counter()
@@ -41,6 +42,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             unlabeled=args.unlabeled,
             overwrite=args.overwrite,
+            skip_bad=args.skip_bad,
+            allow_outside_paths=args.allow_outside_paths,
         )
     except StopRun as e:
         print(f"zoo distill: {e}", file=sys.stderr)
@@ -56,7 +59,12 @@ def add_cli(sub) -> None:
         description="zoo distill [RECIPE] [--data SOURCE] [--teacher MODALITY=PATH_OR_ID ...] [--student NAME] "
         "[--out DIR] [--resume] [key=value ...]",
     )
-    p.add_argument("items", nargs="*", metavar="RECIPE|key=value", help="recipe name or YAML file, then overrides")
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="RECIPE|key=value",
+        help="recipe name or YAML file and key=value overrides (anywhere)",
+    )
     p.add_argument("--data", default=None, metavar="SOURCE", help=f"dataset (default: the recipe's): {SOURCE_HELP}")
     p.add_argument("--teacher", action="append", metavar="MODALITY=PATH_OR_ID", help="a teacher per modality")
     p.add_argument("--unlabeled", default=None, metavar="SOURCE", help="rows without labels: the teachers label them")
@@ -64,5 +72,9 @@ def add_cli(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run --out holds (default: refuse)")
+    p.add_argument("--skip-bad", action="store_true", help="drop data rows with problems instead of stopping")
+    p.add_argument(
+        "--allow-outside-paths", action="store_true", help="accept media paths that leave the data file's folder"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown when not on a terminal)")
     p.set_defaults(func=_cmd_distill)

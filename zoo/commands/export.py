@@ -21,6 +21,7 @@ from zoo.compress.export import (
 )
 from zoo.compress.quant import is_quantized
 from zoo.data import load
+from zoo.io import is_zoo_output
 from zoo.students import load_student
 
 
@@ -31,6 +32,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     student = load_student(folder)
     out = Path(args.out) if args.out else folder / ONNX_NAME
+    if out.is_dir():
+        raise FileExistsError(f"--out {out} is a folder; give the ONNX file to write (e.g. {out / ONNX_NAME}).")
+    if out.exists() and not args.overwrite and not is_zoo_output(out.parent):
+        raise FileExistsError(
+            f"{out} exists in a folder zoo did not write; pass --overwrite to replace it, or choose another --out."
+        )
     batch = example_batch(student, batch_size=2, seed=0)
     export_onnx(student, out, batch, opset=args.opset)
     session = onnx_session(out)
@@ -69,4 +76,5 @@ def add_cli(sub) -> None:
     p.add_argument("--out", help="ONNX file to write (default: DIR/model.onnx)")
     p.add_argument("--data", help="data source (zoo.data.load): measure the ONNX model's accuracy on its test split")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file in a folder zoo did not write")
     p.set_defaults(func=_cmd_export)

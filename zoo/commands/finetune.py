@@ -28,6 +28,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             temperature=args.temperature,
             seed=args.seed,
+            skip_bad=args.skip_bad,
         )
     except OSError as e:  # a hub id, catalogue name or teacher id while offline; a missing folder
         print(f"zoo finetune: error: {e}", file=sys.stderr)
@@ -49,4 +50,5 @@ def add_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--temperature", type=float, default=2.0, help="KD temperature (with --teacher)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true", help="drop data rows with problems instead of stopping")
     p.set_defaults(func=_cmd_finetune)

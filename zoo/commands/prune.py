@@ -9,26 +9,28 @@ import torch
 from zoo.bench import update_metrics
 from zoo.compress.hardware import copy_metrics, data_batches, metrics_entry
 from zoo.compress.prune import CRITERIA, SCOPES, prune_student, pruned_widths
+from zoo.io import staged_folder
 from zoo.students import load_student
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    student = load_student(args.dir)
-    batches = None
-    if args.criterion == "taylor":
-        batches, note = data_batches(student, args.data, args.batches, args.batch_size, split="train")
-        print(f"taylor importance: {note}")
-    pruned = prune_student(
-        student, keep=args.keep, criterion=args.criterion, scope=args.scope, round_to=args.round_to,
-        importance_batches=batches,
-    )  # fmt: skip
-    copy_metrics(args.dir, args.out)
-    pruned.save_pretrained(args.out)
-    entry = metrics_entry(pruned, args.out, args.data, keep_ratio=args.keep, criterion=args.criterion)
-    if entry["accuracy"] is None:
-        entry["note"] = "accuracy before KD recovery unknown: pass --data, or recover with the recipe's prune stage"
-    update_metrics(args.out, {"pruned": entry})
+    with staged_folder(args.out, overwrite=args.overwrite) as stage:  # a whole new folder, swapped in at the end
+        student = load_student(args.dir)
+        batches = None
+        if args.criterion == "taylor":
+            batches, note = data_batches(student, args.data, args.batches, args.batch_size, split="train")
+            print(f"taylor importance: {note}")
+        pruned = prune_student(
+            student, keep=args.keep, criterion=args.criterion, scope=args.scope, round_to=args.round_to,
+            importance_batches=batches,
+        )  # fmt: skip
+        copy_metrics(args.dir, stage)
+        pruned.save_pretrained(stage)
+        entry = metrics_entry(pruned, stage, args.data, keep_ratio=args.keep, criterion=args.criterion)
+        if entry["accuracy"] is None:
+            entry["note"] = "accuracy before KD recovery unknown: pass --data, or recover with the recipe's prune stage"
+        update_metrics(stage, {"pruned": entry})
     before, after = student.num_params(), pruned.num_params()
     print(f"pruned {args.dir} -> {args.out}: {before / 1e6:.2f}M -> {after / 1e6:.2f}M params ({after / before:.0%}); "
           f"widths {pruned_widths(pruned)}")  # fmt: skip
@@ -46,4 +48,5 @@ def add_cli(sub) -> None:
     p.add_argument("--data", help="data source (zoo.data.load) for taylor importance and the accuracy in metrics")
     p.add_argument("--batches", type=int, default=8, help="batches for taylor importance (default 8)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that zoo did not write")
     p.set_defaults(func=_cmd_prune)

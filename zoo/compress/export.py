@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from zoo.bench import median_ms
-from zoo.io import atomic_path
+from zoo.io import atomic_path, check_finite
 from zoo.modalities import MODALITIES, input_keys
 
 ONNX_NAME = "model.onnx"
@@ -227,6 +227,7 @@ def export_onnx(
     """
     import onnx
 
+    check_finite(student.state_dict(), f"export to {path}")
     if opset < 17:
         raise ValueError(f"opset {opset}: export needs opset 17 or later (LayerNormalization).")
     names = input_names(student)

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.io import check_finite
+
 QUANT_FORMAT = "distill-zoo-int8"
 QUANT_VERSION = 2  # 2 added the "pointwise" kind; version 1 schemes (every conv "conv") still load
 READABLE_VERSIONS = (1, 2)
@@ -630,7 +632,10 @@ def quantization_error_loss(
 
 
 def quantize_student(student: nn.Module, batches: Iterable, observer: str = "ema", max_batches: int | None = None):
-    """Post-training quantization in one call: prepare_qat -> calibrate on ``batches`` -> convert_int8."""
+    """Post-training quantization in one call: prepare_qat -> calibrate on ``batches`` -> convert_int8.
+
+    NaN or infinite weights are refused first (their scales would poison every int8 layer)."""
+    check_finite(student.state_dict(), "quantize")
     return convert_int8(calibrate(prepare_qat(student, observer=observer), batches, max_batches=max_batches))
 
 

@@ -52,6 +52,8 @@ TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"
 # Decode every file up front when there are at most this many; above it, check headers and decode when read.
 FULL_CHECK_MAX_FILES = 5000
 MAX_LISTED_PROBLEMS = 20
+# Images above this many pixels are refused from their header, before decoding (a 10000x10000 PNG takes ~3 GB).
+MAX_IMAGE_PIXELS = 50_000_000
 SAMPLE_RATE = 16000
 
 
@@ -106,14 +108,24 @@ def _media_name(value: Any) -> str:
     return str(value)
 
 
-def open_media(value: Any, base_dir: Path | None):
-    """A path-like value or ``{"bytes", "path"}`` dict -> (something PIL/soundfile can open, display name)."""
+def open_media(value: Any, base_dir: Path | None, allow_outside: bool = False):
+    """A path-like value or ``{"bytes", "path"}`` dict -> (something PIL/soundfile can open, display name).
+
+    A relative path that leaves ``base_dir`` (``../../x.png``) is refused unless ``allow_outside``: a data file
+    should not read files its author did not put beside it.
+    """
     if isinstance(value, dict):
         if value.get("bytes"):
             return io.BytesIO(value["bytes"]), _media_name(value)
         value = value.get("path")
     path = Path(os.path.expanduser(str(value)))
     if not path.is_absolute() and base_dir is not None:
+        inside = os.path.normpath(base_dir / path)
+        if not allow_outside and os.path.relpath(inside, os.path.normpath(base_dir)).split(os.sep)[0] == "..":
+            raise DataError(
+                f"{value} leaves the data file's folder {base_dir}; move the file inside it, or allow it with "
+                "allow_outside_paths=True (CLI: --allow-outside-paths)"
+            )
         path = base_dir / path
     if str(value).startswith(("http://", "https://")):
         raise DataError(f"{value} is a URL; URLs are not fetched, download the file and give its path")
@@ -126,24 +138,62 @@ def open_media(value: Any, base_dir: Path | None):
     return path, str(path)
 
 
-def decode_image(value: Any, base_dir: Path | None = None, full: bool = True):
-    """Open an image with PIL and load its pixels; without ``full`` only read the header and return None."""
+def decode_image(value: Any, base_dir: Path | None = None, full: bool = True, allow_outside: bool = False):
+    """Open an image with PIL and load its pixels; without ``full`` only read the header and return None.
+
+    An image above ``MAX_IMAGE_PIXELS`` is refused from its header (``Image.open`` reads only the header).
+    """
     from PIL import Image, UnidentifiedImageError
 
-    f, name = open_media(value, base_dir)
+    f, name = open_media(value, base_dir, allow_outside)
     try:
         image = Image.open(f)
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            image.close()
+            raise DataError(
+                f"{name} is {width}x{height} = {width * height} pixels, over the limit of {MAX_IMAGE_PIXELS}; "
+                "resize it before loading"
+            )
         if not full:
             image.close()
             return None
         image.load()
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{name} cannot be read as an image ({type(e).__name__}: {e})") from e
     return image
 
 
+def _wav_shortfall(f) -> tuple[int, int] | None:
+    """(bytes the WAV's data chunk promises, bytes it holds) when a RIFF/WAVE file is cut short, else None."""
+    import struct
+
+    if not isinstance(f, (str, os.PathLike)):
+        return None
+    with open(f, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size = os.fstat(fh.fileno()).st_size
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"data":
+                held = size - fh.tell()
+                return (length, held) if length > held and length != 0xFFFFFFFF else None
+            fh.seek(length + (length & 1), 1)
+
+
 def decode_audio(
-    value: Any, base_dir: Path | None = None, full: bool = True, sampling_rate: int | None = SAMPLE_RATE
+    value: Any,
+    base_dir: Path | None = None,
+    full: bool = True,
+    sampling_rate: int | None = SAMPLE_RATE,
+    allow_outside: bool = False,
 ) -> dict | None:
     """Read audio with soundfile, average channels, resample with torchaudio -> ``{"array", "sampling_rate"}``.
 
@@ -152,7 +202,10 @@ def decode_audio(
     """
     import soundfile as sf
 
-    f, name = open_media(value, base_dir)
+    f, name = open_media(value, base_dir, allow_outside)
+    short = _wav_shortfall(f)
+    if short:
+        raise DataError(f"{name} is cut short: its header promises {short[0]} bytes of samples, it holds {short[1]}")
     try:
         if not full:
             info = sf.info(f)
@@ -191,6 +244,7 @@ class FileDecoder:
         self.base_dir, self.sampling_rate = base_dir, sampling_rate
         self.columns = columns or {}  # source file -> {modality: column name}, for error messages
         self.fingerprint_extra = f"files-sr{sampling_rate}"
+        self.allow_outside = False  # relative paths may leave base_dir (load(allow_outside_paths=True))
 
     def __call__(self, row: dict) -> dict:
         sample = {"id": row["id"], "label": row["label"]}
@@ -204,9 +258,11 @@ class FileDecoder:
                 elif m == "text":
                     sample[m] = check_text(value)
                 elif m == "image":
-                    sample[m] = decode_image(value, self.base_dir)
+                    sample[m] = decode_image(value, self.base_dir, allow_outside=self.allow_outside)
                 else:
-                    sample[m] = decode_audio(value, self.base_dir, sampling_rate=self.sampling_rate)
+                    sample[m] = decode_audio(
+                        value, self.base_dir, sampling_rate=self.sampling_rate, allow_outside=self.allow_outside
+                    )
             except (DataError, FileNotFoundError) as e:  # lazy decoding of large data: still say where
                 column = self.columns.get(row["_file"], {}).get(m, m)
                 raise DataError(f"{row['_file']} row {row['_row']}, column '{column}': {e}") from e
@@ -216,7 +272,7 @@ class FileDecoder:
         """A content hash of one image/audio value, for fingerprints."""
         if isinstance(value, dict) and value.get("bytes"):
             return hashlib.sha256(value["bytes"]).hexdigest()
-        f, _ = open_media(value, self.base_dir)
+        f, _ = open_media(value, self.base_dir, self.allow_outside)
         with open(f, "rb") as fh:
             return (
                 hashlib.file_digest(fh, "sha256").hexdigest()

@@ -52,6 +52,7 @@ def load(
     label_map: str | os.PathLike | dict | list | None = None,
     sampling_rate: int = SAMPLE_RATE,
     full_check: bool | None = None,
+    allow_outside_paths: bool = False,
 ) -> Data:
     """Load, validate and split a dataset; see the module docstring for the sources and checks.
 
@@ -67,6 +68,7 @@ def load(
             names; labels outside it are problems. Default: the sorted labels found (numbers sorted numerically).
         sampling_rate: audio is resampled to this rate.
         full_check: decode every image and audio file while loading (default: when there are at most 5000 files).
+        allow_outside_paths: accept relative media paths that leave the data file's folder (``../x.png``).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
@@ -86,6 +88,7 @@ def load(
     with _quiet_datasets():
         parts, base_dir, kind = _read_source(source)
     loader = _Loader(columns, on_error, sampling_rate, full_check, label_map)
+    loader.allow_outside = allow_outside_paths
     return loader.build(parts, base_dir, f"{source} ({kind})", val_fraction, test_fraction, seed)
 
 
@@ -249,12 +252,37 @@ def _read_table(path: Path):
     kwargs = {"sep": "\t"} if path.suffix.lower() == ".tsv" else {}
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (0 bytes).")
+    if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+        _check_text_table(path)
     try:
         return datasets.load_dataset(TABLE_FORMATS[path.suffix.lower()], data_files=str(path), split="train", **kwargs)
     except Exception as e:  # datasets wraps parser errors in several types; name the file either way
         raise DataError(
             f"{path} cannot be read as {TABLE_FORMATS[path.suffix.lower()]} ({type(e).__name__}: {e})"
         ) from e
+
+
+def _check_text_table(path: Path) -> None:
+    """Name the byte offset of a non-UTF-8 byte and the row of a malformed JSONL line (datasets only logs them)."""
+    offset, jsonl = 0, path.suffix.lower() == ".jsonl"
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}: byte {offset + e.start} (line {number}) is not UTF-8 ({line[e.start : e.start + 1]!r}); "
+                    "save the file as UTF-8."
+                ) from e
+            if jsonl and text.strip():
+                try:
+                    json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise DataError(
+                        f"{path}: line {number} (byte {offset}) is not valid JSON ({e.msg} at column {e.colno}); "
+                        "each line must be one JSON object."
+                    ) from e
+            offset += len(line)
 
 
 def _split_files(folder: Path) -> dict[str, Path]:
@@ -429,11 +457,17 @@ class _Loader:
         import datasets
 
         decoder = FileDecoder(base_dir, self.sampling_rate)
+        decoder.allow_outside = getattr(self, "allow_outside", False)
         rows: list[dict] = []  # normalised, undecoded rows of every part
         n_files = 0
         for split, ds, file in parts:
             ds = _undecoded(ds)
             cols = self._resolve_columns(ds, file)
+            if "label" not in cols:
+                raise DataError(
+                    f"{file}: no label column '{self.columns['label']}'; its columns are {ds.column_names}. Name it "
+                    "with label_column= (CLI: --label-column), or pass rows without labels as --unlabeled."
+                )
             decoder.columns[file] = cols
             present = {k: ds.data.column(c).to_pylist() for k, c in cols.items()}
             n_files += sum(v is not None for m in ("image", "audio") for v in present.get(m, []))
@@ -483,7 +517,24 @@ class _Loader:
         rows = [row for r, row in enumerate(rows) if r not in bad]
         if not rows:
             raise DataError(f"{source_name}: no usable rows left after skipping {len(bad)} bad row(s):\n{self.report}")
+        used = {row["label_id"] for row in rows}
+        if len(used) < 2:
+            raise DataError(
+                f"{source_name}: every usable row has the label {id2label[next(iter(used))]!r}; a classifier needs "
+                "at least two classes."
+            )
         assignment = self._splits(rows, val_fraction, test_fraction, seed)
+        in_train = {rows[i]["label_id"] for i in assignment["train"]}
+        for name in ("validation", "test"):
+            if not any(row["_split"] == name for row in rows):
+                continue  # carved out of train here (stratified): a rare label may land there by chance
+            only = sorted({rows[i]["label_id"] for i in assignment[name]} - in_train)
+            if only:
+                first = next(rows[i] for i in assignment[name] if rows[i]["label_id"] == only[0])
+                raise DataError(
+                    f"{source_name}: label(s) {[id2label[k] for k in only]} appear in {name} but never in train "
+                    f"(first in {first['_file']} row {first['_row']}); add train rows with them or drop those rows."
+                )
         present_modalities = [m for m in MODALITIES if any(row[m] is not None for row in rows)]
         splits = {}
         for name in SPLITS:
@@ -507,7 +558,7 @@ class _Loader:
         if text is not None:
             try:
                 if row["_columns"].get("text") == "text_file":  # a folder's .txt file: its content is the text
-                    f, name = open_media(text, decoder.base_dir)
+                    f, name = open_media(text, decoder.base_dir, decoder.allow_outside)
                     try:
                         text = Path(f).read_text(encoding="utf-8")
                     except UnicodeDecodeError as e:
@@ -519,7 +570,7 @@ class _Loader:
             if row[m] is None:
                 continue
             try:  # a check only: decode (or read the header), do not keep or resample
-                decode(row[m], decoder.base_dir, full=full)
+                decode(row[m], decoder.base_dir, full=full, allow_outside=decoder.allow_outside)
             except (DataError, FileNotFoundError) as e:
                 problems.append(self._problem(row, m, str(e)))
         if all(row[m] is None for m in MODALITIES):
@@ -533,7 +584,9 @@ class _Loader:
                 problems.append(self._problem(row, "split", f"split {value!r} is not one of {allowed}"))
         label = row["label"]
         row["label_id"] = None
-        if label is not None:
+        if label is None or not _label_name(label):
+            problems.append(self._problem(row, "label", "empty label; give every row a label"))
+        else:
             key = _label_name(label)
             if key not in label2id:
                 known = list(label2id)[:20]
@@ -546,7 +599,19 @@ class _Loader:
         if self.label_map is not None:
             id2label = _parse_label_map(self.label_map)
         else:
-            names = sorted({_label_name(row["label"]) for row in rows if row["label"] is not None}, key=_label_sort_key)
+            names = {_label_name(row["label"]) for row in rows if row["label"] is not None} - {""}
+            names = sorted(names, key=_label_sort_key)
+            spelled: dict[float, str] = {}
+            for name in names:  # "01" and "1", or "1" and "1.0", would silently become two classes
+                number = _label_sort_key(name)
+                if number[0] == 0 and number[1] in spelled:
+                    first = next(r for r in rows if _label_name(r["label"]) == name)
+                    raise DataError(
+                        f"labels {spelled[number[1]]!r} and {name!r} (first in {first['_file']} row {first['_row']}) "
+                        "are the same number written two ways; write every label the same way."
+                    )
+                if number[0] == 0:
+                    spelled[number[1]] = name
             id2label = dict(enumerate(names))
         return id2label, {v: k for k, v in id2label.items()}
 

@@ -25,6 +25,10 @@ from zoo.train.rows import collate_rows, split_inputs
 from zoo.train.schedule import phase_lr
 
 
+class Diverged(ValueError):
+    """Training gave non-finite losses more often than ``train.max_rollbacks``: a setting to change (one line)."""
+
+
 class StopRun(Exception):
     """Raised when a run stops on purpose (``stop_after_steps``); the last checkpoint lets ``--resume`` go on."""
 
@@ -225,9 +229,9 @@ def _rollback(run, phase: str, st: dict, model: nn.Module, optimizer, good: dict
     run.log(f"{phase}: non-finite loss at step {st['step']}: rolled back to step {good['step']}")
     run.record(event="rollback", phase=phase, global_step=run.global_step, **event)
     if len(st["rollbacks"]) > run.recipe.train.max_rollbacks:
-        raise RuntimeError(
-            f"{phase}: {len(st['rollbacks'])} non-finite losses; lower the learning rate "
-            f"(stages.{phase.split('-')[0]}.lr) or the temperature."
+        key = getattr(run, "lr_keys", {}).get(phase, f"stages.{phase.split('-')[0]}.lr")
+        raise Diverged(
+            f"{phase}: {len(st['rollbacks'])} non-finite losses; lower the learning rate ({key}) or the temperature."
         )
 
 

@@ -46,7 +46,25 @@ def carries(teacher, sample: dict) -> bool:
 def evaluate_folder(folder: str | os.PathLike, data_source: str, split: str = "test") -> dict:
     """Accuracy, params, size and batch-1 latency of a saved student on a split of ``data_source``."""
     student = load_student(folder)
-    ds = zdata.quickstart() if data_source == "quickstart" else zdata.load(data_source)
+    names = student.config.id2label  # read the data's labels by the student's names: another order is remapped
+    label_map = {int(k): v for k, v in names.items()} if names else None
+    if data_source == "quickstart":
+        ds = zdata.quickstart()
+    else:
+        try:
+            ds = zdata.load(data_source, label_map=label_map)
+        except zdata.DataError as e:
+            if label_map is None or "unknown label" not in str(e):
+                raise
+            raise ValueError(
+                f"{data_source} has labels the student {folder} does not know (it predicts {list(names.values())}); "
+                f"evaluate it on data with those label names ({(str(e).splitlines()[1:] or [str(e)])[0].strip()})."
+            ) from e
+    if names and {int(k): str(v) for k, v in names.items()} != {int(k): str(v) for k, v in ds.id2label.items()}:
+        raise ValueError(
+            f"{folder} predicts the labels {dict(names)}; {data_source} has {ds.id2label}. Evaluate on data with the "
+            "student's label names."
+        )
     if split not in ds.splits or not len(ds.splits[split]):
         raise ValueError(f"{data_source} has no {split!r} rows; splits: {list(ds.splits)}.")
     samples = list(ds.splits[split])

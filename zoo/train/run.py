@@ -42,7 +42,7 @@ from zoo import data as zdata
 from zoo.bench import accuracy
 from zoo.compress.guard import compression_stage
 from zoo.controller import BanditController
-from zoo.io import atomic_write_json, load_state_dict_checked, save_state_dict_atomic
+from zoo.io import atomic_write_json, load_state_dict_checked, not_local, save_state_dict_atomic
 from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
 from zoo.modalities import IGNORE_INDEX
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
@@ -56,6 +56,7 @@ from zoo.train.report import carries, measure
 from zoo.train.rows import Rows, SampleList, collate_rows, split_inputs, truncation_lines, truncation_report
 from zoo.train.tokens import inherit_token_embeddings, student_tokenizer, tokenizer_kind
 
+LOCK_NAME = ".lock"  # the pid of the run writing into the folder
 STOP_ENV = "ZOO_STOP_AFTER_STEPS"  # simulate a crash after this many optimizer steps (resume tests)
 __all__ = ["Run", "StopRun", "distill"]
 
@@ -78,8 +79,10 @@ class Run:
         stop_after_steps: int | None = None,
         progress: bool = True,
         overwrite: bool = False,
+        data_options: dict | None = None,
     ):
         self.recipe = recipe
+        self.data_options = data_options or {}  # zoo.data.load's on_error / allow_outside_paths
         self.out = Path(out_dir)
         self.resume = resume
         self.overwrite = overwrite
@@ -106,6 +109,36 @@ class Run:
         self.global_step = 0
         self.state: dict = {"completed": {}, "global_step": 0}
 
+    # -- the output folder's lock ----------------------------------------------------------------------------------
+    def _lock(self) -> None:
+        """Take ``out/.lock`` (the pid of this run): a second run into the same folder refuses instead of wiping the
+        first one's checkpoints. A lock whose process is gone (a killed run) is taken over."""
+        path = self.out / LOCK_NAME
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise FileExistsError(
+                        f"{self.out} is in use by another zoo distill (pid {pid}, {path}); wait for it, or choose "
+                        "another --out."
+                    ) from None
+                path.unlink(missing_ok=True)  # a stale lock: its run was killed
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self._locked = True
+            return
+
+    def unlock(self) -> None:
+        if getattr(self, "_locked", False):
+            (self.out / LOCK_NAME).unlink(missing_ok=True)
+            self._locked = False
+
     # -- logging ------------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
         """A line for the run's log: printed on the main process and kept in run.log."""
@@ -130,9 +163,13 @@ class Run:
         r, acc = self.recipe, self.accelerator
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self._lock()
         state_path = self.out / STATE_NAME
+        settings = {"recipe": r.to_dict(), "teachers": dict(teachers if teachers is not None else r.teachers)}
         if self.resume and state_path.exists():
             self.state = json.loads(state_path.read_text())
+            _refuse_changes(self.out, self.state.get("settings"), settings)
             self.log(f"resuming: completed phases {list(self.state['completed'])}")
         elif self.is_main:
             if self.resume:
@@ -145,6 +182,7 @@ class Run:
             for name in (STATE_NAME, JSONL_NAME, "metrics.json", "run.log"):
                 (self.out / name).unlink(missing_ok=True)
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+            self.state["settings"] = settings  # what --resume must find unchanged
         acc.wait_for_everyone()
         self.save_state()
         n = acc.num_processes
@@ -167,7 +205,9 @@ class Run:
                 "distill ...` instead."
             )
         set_seed(r.seed)
-        self.data = data if data is not None else _load_data(r)
+        self.data = data if data is not None else _load_data(r, **self.data_options)
+        if self.data.report.problems:
+            self.log(f"data: skipped {self.data.report.skipped_rows} row(s) with problems:\n{self.data.report}")
         self.log(
             f"data: {self.data.source}: "
             + ", ".join(f"{k} {len(v)}" for k, v in self.data.splits.items())
@@ -182,6 +222,11 @@ class Run:
             self.log(f"data: {len(extra)} unlabeled rows from {r.data.unlabeled} join train (the teachers label them)")
         self.modalities = list(self.data.modalities)
         self.num_classes = self.data.num_labels
+        data_ids = {name: self.data.fingerprint(name) for name in self.data.splits}
+        if "data" in self.state:
+            _refuse_changes(self.out, {"data": self.state["data"]}, {"data": data_ids})
+        self.state["data"] = data_ids
+        self.save_state()
         self.timings["data"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -462,6 +507,8 @@ class Run:
                 # the teacher: the baseline learns without any teacher
                 raw = self.new_student(inherit=False)
                 lr = max(s.lr for _, s in distill)
+                # a diverging baseline names the stage whose learning rate it borrowed
+                self.lr_keys = {"raw_student": f"stages.{max(distill, key=lambda d: d[1].lr)[0]}.lr"}
                 base = Stage(steps=budget, lr=lr, warmup=distill[0][1].warmup)
                 base.weights.ce = 1.0
                 # the labelled rows only: unlabeled rows teach nothing without KD
@@ -521,6 +568,40 @@ class Run:
     # -- measurements -------------------------------------------------------------------------------------------
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out if out or not prefix else {prefix: d}
+
+
+def _refuse_changes(out: Path, saved: dict | None, now: dict) -> None:
+    """``--resume`` continues the same run: refuse when a setting, the data or a teacher changed, listing each."""
+    if saved is None:  # a run folder written before settings were recorded
+        return
+    before, after = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(now)))
+    changed = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k)]  # fmt: skip
+    if changed:
+        listed = "; ".join(changed[:10]) + (f"; ... and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise ValueError(
+            f"--resume: {out} was started with other settings, data or teachers ({listed}). Resume with the same "
+            "command, or start a new run (--overwrite or another --out)."
+        )
+
+
 def _cache_layers(teacher, wanted: dict | None) -> list[str]:
     """Teacher feature layers to cache: those the recipe maps, else the teacher's last one."""
     layers = list(getattr(teacher, "feature_layers", []) or [])
@@ -530,11 +611,12 @@ def _cache_layers(teacher, wanted: dict | None) -> list[str]:
     return layers[-1:]
 
 
-def _load_data(recipe: Recipe):
+def _load_data(recipe: Recipe, **options):
+    """The recipe's data (``options``: ``zoo.data.load``'s on_error and allow_outside_paths)."""
     source = recipe.data.source
     if source in (None, "quickstart"):
         return zdata.quickstart(seed=recipe.seed)
-    return zdata.load(source, seed=recipe.seed)
+    return zdata.load(source, seed=recipe.seed, **options)
 
 
 def _load_teachers(paths: dict[str, str], num_classes: int, id2label: dict, log) -> dict:
@@ -547,10 +629,20 @@ def _load_teachers(paths: dict[str, str], num_classes: int, id2label: dict, log)
                 f"teacher {modality}={path} predicts {t.num_classes} classes; the data has {num_classes}. "
                 "Fine-tune the teacher on these labels first, or pass an encoder (its embeddings are distilled)."
             )
-        if t.id2label and {int(k): str(v) for k, v in t.id2label.items()} != {
-            int(k): str(v) for k, v in id2label.items()
-        }:
-            log(f"warning: teacher {modality} labels {t.id2label} differ from the data's {id2label}; order must match")
+        theirs = {int(k): str(v) for k, v in (t.id2label or {}).items()}
+        ours = {int(k): str(v) for k, v in id2label.items()}
+        if theirs and theirs != ours:
+            if sorted(theirs.values()) == sorted(ours.values()) and len(set(theirs.values())) == len(theirs):
+                by_name = {v: k for k, v in theirs.items()}
+                if not hasattr(t, "relabel"):
+                    raise ValueError(
+                        f"teacher {modality}={path} has the data's labels in another order ({theirs}); fine-tune it "
+                        f"on the data's order {ours}."
+                    )
+                t.relabel([by_name[ours[i]] for i in range(len(ours))])  # train on targets that mean the same class
+                log(f"teacher {modality}: labels {theirs} reordered by name to the data's {ours}")
+            else:
+                log(f"warning: teacher {modality} labels {theirs} differ from the data's {ours}; order must match")
         teachers[modality] = t
         log(f"teacher {modality}: {t.name} ({sum(p.numel() for p in t.parameters()) / 1e6:.2f}M params)")
     return teachers
@@ -574,6 +666,8 @@ def distill(
     progress: bool = True,
     unlabeled: str | None = None,
     overwrite: bool = False,
+    skip_bad: bool = False,
+    allow_outside_paths: bool = False,
 ) -> dict:
     """Run a recipe end to end and return metrics.json's content (see the module docstring).
 
@@ -589,6 +683,8 @@ def distill(
         stop_after_steps: stop (after a checkpoint) once this many optimizer steps ran in this call.
         unlabeled: a table of rows without labels (``data.unlabeled``): the teachers label them for KD.
         overwrite: start a new run in an ``out_dir`` that holds one (without it, that is an error).
+        skip_bad: drop data rows with problems (listed in the log) instead of stopping (``on_error="skip"``).
+        allow_outside_paths: accept media paths in the data file that leave its folder (``../x.png``).
     """
     extra = list(overrides or [])
     if student:
@@ -600,10 +696,20 @@ def distill(
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, extra)
     if isinstance(recipe, Recipe) and extra:
         r = recipe_from_dict(apply_overrides(recipe.to_dict(), extra), "recipe (with overrides)")
+    for modality, path in (teachers or r.teachers).items():  # a mistyped teacher path fails before any work
+        if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+            raise FileNotFoundError(f"--teacher {modality}: {not_local(path)}.")
     out = Path(out_dir) if out_dir is not None else Path("runs") / r.name
-    run = Run(r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress, overwrite=overwrite)
-    run.setup(data=data, teachers=teachers or None)
-    return run.run()
+    options = {"on_error": "skip" if skip_bad else "raise", "allow_outside_paths": allow_outside_paths}
+    run = Run(
+        r, out, resume=resume, stop_after_steps=stop_after_steps, progress=progress, overwrite=overwrite,
+        data_options=options,
+    )  # fmt: skip
+    try:
+        run.setup(data=data, teachers=teachers or None)
+        return run.run()
+    finally:
+        run.unlock()
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
