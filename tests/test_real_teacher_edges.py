@@ -67,7 +67,7 @@ def test_the_run_reports_what_each_preprocessing_truncates(encoder_runs):
     assert run["truncation"]["student"]["text"]["max_length"] == 64
     assert run["truncation"]["teachers"]["text"]["max_length"] == 64
     assert run["warnings"] == []  # an encoder has no accuracy to warn about
-    assert "truncation: no train row is cut (the student's text max_length 64; teacher text's text max_length 64)" in (
+    assert "truncation: no train row is cut (the student's text max_length 64; the text teacher's max_length 64)" in (
         encoder_runs.first.stdout
     )
 
@@ -88,7 +88,7 @@ def test_truncation_report_counts_rows_past_each_max_length(tiny_tokenizer):
     lines = truncation_lines(report)
     assert len(lines) == 2
     assert "1 of 3 train text rows (33.3%) are longer than the student's max_length 5" in lines[0]
-    assert "teacher text's max_length 3" in lines[1]
+    assert "are longer than the text teacher's max_length 3" in lines[1]
 
 
 def test_zoo_data_reports_truncation_for_the_student_and_a_teacher(tmp_path, capsys):
@@ -98,7 +98,7 @@ def test_zoo_data_reports_truncation_for_the_student_and_a_teacher(tmp_path, cap
     assert main(["data", str(task), "--teacher", f"text={encoder}", "--max-length", "4"]) == 0
     out = capsys.readouterr().out
     assert "train text rows (100.0%) are longer than the student's max_length 4" in out
-    assert "no train row is cut" not in out and "teacher text's" not in out  # the teacher (64 tokens) cuts none
+    assert "no train row is cut" not in out and "teacher's" not in out  # the teacher (64 tokens) cuts none
     assert "no test row is cut" not in out
     assert main(["data", str(task), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -118,12 +118,12 @@ def truncation_report(split, preprocessors: dict, teachers: dict | None = None) 
 
 def truncation_lines(report: dict, split: str = "train") -> list[str]:
     """The report as log lines, one per preprocessing that cuts anything."""
-    owners = [("the student's", m, e) for m, e in report["student"].items()]
-    owners += [(f"teacher {m}'s", m, e) for m, e in report["teachers"].items()]
+    owners = [("the student's", m, e, f"the student's {m}") for m, e in report["student"].items()]
+    owners += [(f"the {m} teacher's", m, e, f"the {m} teacher's") for m, e in report["teachers"].items()]
     lines, limits = [], []
-    for owner, m, e in owners:
+    for owner, m, e, named in owners:
         limit = f"max_length {e['max_length']}" if "max_length" in e else f"clip_seconds {e['clip_seconds']}"
-        limits.append(f"{owner} {m} {limit}")
+        limits.append(f"{named} {limit}")
         if e["truncated"]:
             share = 100 * e["truncated"] / max(e["of"], 1)
             lines.append(
