@@ -84,29 +84,6 @@ def efficientnet_lite0_folder() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- latency
-def interleaved_ms(calls: dict, rounds: int = 60, warmup: int = 5) -> dict[str, dict]:
-    """Batch-1 latency of each callable, every one called once per round; median and 10th-90th percentile (ms)."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in calls}
-    for _ in range(rounds):
-        for k, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1000)
-    out = {}
-    for k, ts in times.items():
-        q = np.percentile(ts, [10, 50, 90])
-        out[k] = {"median": float(q[1]), "p10": float(q[0]), "p90": float(q[2])}
-    return out
-
-
-def ratio(slow: dict, fast: dict) -> tuple[float, bool]:
-    """slow/fast median ratio, and whether the spreads are apart (slow's p10 above fast's p90)."""
-    return slow["median"] / fast["median"], slow["p10"] > fast["p90"]
-
-
 # ------------------------------------------------------------------------------------------------ baselines
 def text_baseline(train, val, test) -> dict:
     """TF-IDF (word 1-2 grams, sublinear tf, min_df 2) + logistic regression, C chosen on validation."""
@@ -337,6 +314,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import zoo
     from zoo import data as zdata
+    from zoo.bench import interleaved_ms
+    from zoo.bench import ratio_apart as ratio
     from zoo.compress.export import onnx_feed, onnx_session
     from zoo.teachers import load_teacher
     from zoo.train.run import distill

@@ -132,6 +132,15 @@ class AudioPreprocessor:
             return wave[:n]
         return torch.nn.functional.pad(wave, (0, n - wave.numel()))
 
+    def truncated(self, audios: Sequence) -> int:
+        """How many clips are longer than ``clip_seconds`` (their ends are cut)."""
+        n = 0
+        for i, a in enumerate(audios):
+            if a is not None:
+                wave, sr = to_mono_waveform(a, i)
+                n += wave.numel() / sr > self.config.clip_seconds + 1e-9
+        return n
+
     def __call__(self, audios: Sequence) -> dict[str, torch.Tensor]:
         cfg = self.config
         waves = torch.zeros(len(audios), cfg.clip_samples)

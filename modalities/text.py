@@ -134,6 +134,17 @@ def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, low
     )
 
 
+def count_truncated(tokenizer, texts: Iterable[str | None], max_length: int, batch_size: int = 1024) -> int:
+    """How many texts a tokenizer encodes into more than ``max_length`` tokens (special tokens included), i.e.
+    how many a preprocessing that truncates at ``max_length`` cuts."""
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    n = 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start : start + batch_size], truncation=False, verbose=False)["input_ids"]
+        n += sum(len(ids) > max_length for ids in enc)
+    return n
+
+
 def load_tokenizer(path: str | os.PathLike):
     """Load a tokenizer from a local folder (a teacher's or a saved student's), never running remote code."""
     from transformers import AutoTokenizer
@@ -167,6 +178,10 @@ class TextPreprocessor:
                 f"the tokenizer has {n} tokens but the student's text.vocab_size is {config.vocab_size}; "
                 f"build the student with text vocab_size >= {n}."
             )
+
+    def truncated(self, texts: Sequence[str | None]) -> int:
+        """How many of ``texts`` are longer than ``max_length`` tokens (their ends are cut)."""
+        return count_truncated(self.tokenizer, texts, self.config.max_length)
 
     def __call__(self, texts: Sequence[str | None]) -> dict[str, torch.Tensor]:
         present = []

@@ -17,6 +17,7 @@ from zoo.teachers.cache import (
     expand_logits,
     fingerprint_dataset,
     kd_target,
+    shared_cache_dir,
 )
 from zoo.teachers.crossfit import CrossFitTeacher, assign_folds
 from zoo.teachers.ensemble import TeacherSet
@@ -40,6 +41,7 @@ __all__ = [
     "TeacherSet",
     "TimmTeacher",
     "TorchScriptTeacher",
+    "shared_cache_dir",
     "augmented_view",
     "bucket_log_probs",
     "compress_logits",

@@ -239,6 +239,11 @@ class Teacher(nn.Module):
         """Whether ``sample`` carries this teacher's modality."""
         return self._values(sample) is not None
 
+    def truncated(self, samples: Sequence[dict]) -> int:
+        """How many of ``samples`` this teacher's preprocessing cuts (text past its ``max_length``); 0 when it cuts
+        nothing (images are resized, not cut)."""
+        return 0
+
     def preprocess(self, samples: Sequence[dict]) -> dict[str, Tensor]:
         """Raw samples -> model inputs for the samples that carry the modality, plus ``mask`` (B,) bool."""
         if isinstance(samples, dict):

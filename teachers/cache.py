@@ -48,13 +48,26 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from zoo import console
+from zoo.console import Progress
 from zoo.teachers.base import TeacherOutput, hash_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 RESTS = ("spread", "bucket")
+CACHE_ENV = "ZOO_CACHE"
+
+
+def shared_cache_dir() -> str:
+    """The teacher caches every run shares, like the Hugging Face cache: ``$ZOO_CACHE/teacher_cache``, else
+    ``$XDG_CACHE_HOME/distill-zoo/teacher_cache`` (``~/.cache/distill-zoo/teacher_cache``). A cache's folder name
+    holds the hash of the dataset, teacher and preprocessing fingerprints, so runs into different output folders
+    (and teachers written by ``zoo teacher``, whose fingerprint hashes their weights) find each other's outputs."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "distill-zoo"
+    )
+    return os.path.join(root, "teacher_cache")
 
 
 # -- top-k compression ----------------------------------------------------------------------------------------
@@ -315,8 +328,11 @@ class TeacherCache:
             t[f"features.{name}"] = out.features[name]
         return {k: (v.to(self.dtype) if v.is_floating_point() else v).cpu().contiguous() for k, v in t.items()}
 
-    def precompute(self, batch_size: int = 32, progress: bool = True) -> TeacherCache:
-        """Compute the missing shards (all of them the first time; the unfinished ones after an interruption)."""
+    def precompute(self, batch_size: int = 32, progress: bool = True, log=None, every: int = 1000) -> TeacherCache:
+        """Compute the missing shards (all of them the first time; the unfinished ones after an interruption).
+
+        A bar on a terminal (``progress``); off a terminal a ``log`` line (default: ``zoo.console.log``) every
+        ``every`` samples with the rate and the ETA."""
         os.makedirs(self.path, exist_ok=True)
         manifest = self._read_manifest()
         if manifest["num_samples"] != len(self.dataset):
@@ -329,14 +345,9 @@ class TeacherCache:
             return self  # nothing to do; leave the folder untouched
         n, size = len(self.dataset), self.shard_size
         rows_done = sum(min(size, n - s * size) for s in done)
-        bar = tqdm(
-            total=n,
-            initial=rows_done,
-            unit="sample",
-            desc=f"teacher cache {self.teacher.name}",
-            disable=None if progress else True,  # None: on a terminal only
-        )
-        with bar:
+        bar = Progress(n, rows_done, f"teacher cache {self.teacher.name}", log or console.log,
+                       None if progress else False, every=every, unit="sample")  # fmt: skip
+        try:
             for shard in range(manifest["num_shards"]):
                 if shard in done:
                     continue
@@ -361,6 +372,8 @@ class TeacherCache:
                 os.replace(tmp, os.path.join(self.path, name))
                 manifest["shards"][str(shard)] = {"file": name, "rows": hi - lo}
                 _atomic_json(os.path.join(self.path, MANIFEST), manifest)
+        finally:
+            bar.close()
         manifest["complete"] = True
         _atomic_json(os.path.join(self.path, MANIFEST), manifest)
         self._store = None

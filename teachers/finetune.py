@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from zoo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from zoo.console import Progress
 from zoo.io import atomic_path, atomic_write_json, atomic_write_text
 from zoo.recipe import TeacherTraining
 from zoo.teachers.base import Teacher
@@ -188,30 +188,6 @@ def accuracy(teacher: Teacher, samples: list[dict], batch_size: int = 64) -> flo
     return right / len(samples)
 
 
-class _Progress:
-    """A tqdm bar on a terminal; off a terminal a log line every ``every`` steps with loss, rate and ETA."""
-
-    def __init__(self, total: int, initial: int, desc: str, log, show: bool | None, every: int = 50):
-        from tqdm.auto import tqdm
-
-        self.tty = sys.stderr.isatty() if show is None else show
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not self.tty, leave=False)
-        self.total, self.step, self.log, self.every, self.desc = total, initial, log, every, desc
-        self.t0, self.s0 = time.perf_counter(), initial
-
-    def update(self, loss: float) -> None:
-        self.step += 1
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if not self.tty and (self.step % self.every == 0 or self.step == self.total):
-            rate = (self.step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
-            eta = (self.total - self.step) / max(rate, 1e-9)
-            self.log(f"{self.desc}: step {self.step}/{self.total} loss {loss:.4f} {rate:.2f} steps/s eta {eta:.0f}s")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _fit(
     teacher: Teacher,
     train: list[dict],
@@ -244,7 +220,7 @@ def _fit(
         state = load_checkpoint(last, model=model, optimizer=opt, scheduler=sched)["fit"]
         log(f"zoo teacher: resumed {dst.name} at step {state['step']}/{total}")
     eval_every = per_epoch if s.epochs >= 1 else total
-    bar = _Progress(total, state["step"], f"teacher {dst.name}", log, progress)
+    bar = Progress(total, state["step"], f"teacher {dst.name}", log, progress)
     labels = torch.tensor([int(x["label"]) for x in train])
     while state["step"] < total:
         step = state["step"]
@@ -265,7 +241,7 @@ def _fit(
         sched.step()
         opt.zero_grad(set_to_none=True)
         state["step"] = step + 1
-        bar.update(loss.item())
+        bar.update(loss=loss.item())
         if state["step"] % eval_every == 0 or state["step"] == total:
             acc = accuracy(teacher, val, s.eval_batch_size) if val else None
             state["history"].append({"step": state["step"], "loss": loss.item(), "val_accuracy": acc})

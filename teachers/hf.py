@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoo.modalities.text import count_truncated
 from zoo.teachers.base import Teacher, TeacherOutput, hash_files, hash_json, masked_mean, to_pil_rgb, waveform_at
 
 # Architecture suffix of a transformers classifier -> the modality it takes.
@@ -104,6 +105,12 @@ def _text_max_length(tokenizer, config, max_length: int | None) -> int:
 
 class _Processors:
     """Runs one modality's HF processor on the raw values of the present samples."""
+
+    def truncated(self, values) -> int:
+        """How many text values this preprocessing cuts at ``max_length`` (other modalities: 0)."""
+        if self.modality != "text" or not self.max_length:
+            return 0
+        return count_truncated(self.processor, values, self.max_length)
 
     def __init__(self, modality: str, processor, max_length: int | None = None):
         self.modality = modality
@@ -190,6 +197,9 @@ class HFTeacher(Teacher):
 
     def _preprocess(self, values, ids):
         return self.processors(values, ids)
+
+    def truncated(self, samples) -> int:
+        return self.processors.truncated([s.get("text") for s in samples])
 
     def _pool(self, name, value, inputs):
         if value.dim() == 3 and self.modality == "text" and self.pooling == "mean":
@@ -393,6 +403,9 @@ class CLIPTeacher(Teacher):
             text, image = sample.get("text"), sample.get("image")
             return None if text is None or image is None else (text, image)
         return sample.get(self.modality)
+
+    def truncated(self, samples) -> int:
+        return self.text.truncated([s.get("text") for s in samples])
 
     def _preprocess(self, values, ids):
         if self.modality == "image":

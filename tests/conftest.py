@@ -15,6 +15,12 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _zoo_cache(tmp_path_factory, monkeypatch):
+    """Each test its own shared teacher cache ($ZOO_CACHE), never the user's ~/.cache/distill-zoo."""
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path_factory.mktemp("zoo-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A WordPiece tokenizer trained on a few number words (no download)."""

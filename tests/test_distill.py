@@ -441,5 +441,5 @@ def test_an_encoder_teacher_is_measured_without_accuracy():
             return {"id": str(i), "text": "one two", "label": i % 2}
 
     run = SimpleNamespace(rows={"test": Rows(range(4))}, teachers={"text": Encoder()}, num_classes=2, criterion=None)
-    entry = teacher_entry(run, "test", 0)
+    entry, _ = teacher_entry(run, "test", 0)
     assert entry["accuracy"] is None and entry["no_accuracy"] == "encoder teacher" and entry["params"] == 20

@@ -25,7 +25,7 @@ def test_s1_stages_and_weights():
     assert s.mixed_distill.temperature.at(1.0) == pytest.approx(1.0)
     assert s.prune.keep == 0.65
     assert s.quant_finetune.weights.quant > 0
-    assert s.hardware_adapt.latency_budget_ms > 0
+    assert s.hardware_adapt.latency_budget_ratio == 0.9 and s.hardware_adapt.runtime == "onnxruntime"
     assert r.losses.gradient_penalty == 0.01
     assert set(DISTILL_STAGES) <= set(names)
 

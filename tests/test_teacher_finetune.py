@@ -121,17 +121,17 @@ def test_zoo_teacher_resumes_bit_identically(task, encoder, tmp_path, monkeypatc
     s = finetune.FinetuneSettings(epochs=2, lr=3e-3, batch_size=8, max_length=16, checkpoint_every=3)
     finetune.finetune_teacher(str(encoder), data, tmp_path / "whole", settings=s, log=lambda m: None)
 
-    real_update = finetune._Progress.update
+    real_update = finetune.Progress.update
 
-    def stop_at_5(self, loss):
-        real_update(self, loss)
+    def stop_at_5(self, n=1, loss=None):
+        real_update(self, n, loss)
         if self.step == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune._Progress, "update", stop_at_5)
+    monkeypatch.setattr(finetune.Progress, "update", stop_at_5)
     with pytest.raises(KeyboardInterrupt):
         finetune.finetune_teacher(str(encoder), data, tmp_path / "cut", settings=s, log=lambda m: None)
-    monkeypatch.setattr(finetune._Progress, "update", real_update)
+    monkeypatch.setattr(finetune.Progress, "update", real_update)
     assert (tmp_path / "cut" / "checkpoints" / "step-3").is_dir()
     forbid_unpickling("resuming zoo teacher")
     finetune.finetune_teacher(str(encoder), data, tmp_path / "cut", settings=s, resume=True, log=lambda m: None)

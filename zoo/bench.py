@@ -2,7 +2,8 @@
 
 ``metrics.json`` holds one entry per model under ``"models"`` (teacher, raw_student, distilled, pruned, int8,
 onnx_int8, ...), each with ``accuracy`` (test split, 0-1), ``params``, ``size_bytes`` and ``latency_ms`` (batch 1,
-one thread, median), plus whatever else a stage records. Every number a card or table shows comes from here.
+one thread, median) with ``latency_spread_ms`` [p10, p90] (the run measures its models interleaved), plus whatever
+else a stage records. Every number a card or table shows comes from here.
 """
 
 from __future__ import annotations
@@ -42,6 +43,32 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> f
         fn()
         times.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times)
+
+
+def interleaved_ms(calls: dict[str, Callable[[], object]], rounds: int = 30, warmup: int = 3) -> dict[str, dict]:
+    """Batch-1 latency of each callable, measured together: every round calls each once, in turn, so a slow spell of
+    the machine (another process, a frequency change) falls on all of them alike. Returns per key the median and
+    the 10th and 90th percentiles in milliseconds (``{"median", "p10", "p90"}``)."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1000.0)
+    out = {}
+    for k, ts in times.items():
+        q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) > 1 else [ts[0]] * 9
+        out[k] = {"median": statistics.median(ts), "p10": q[0], "p90": q[-1]}
+    return out
+
+
+def ratio_apart(slow: dict, fast: dict) -> tuple[float, bool]:
+    """slow / fast median ratio, and whether the two spreads are apart (slow's p10 above fast's p90): only then
+    is "Nx lower latency" a claim the measurement supports."""
+    return slow["median"] / fast["median"], slow["p10"] > fast["p90"]
 
 
 def latency_ms(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
@@ -109,16 +136,41 @@ def student_predict(student: torch.nn.Module) -> Callable[[list[dict]], torch.Te
     return predict
 
 
-def model_entry(*, accuracy: float, params: int, size_bytes: int, latency_ms: float, **extra) -> dict:
-    """One ``metrics.json`` model entry; extra keys (runtime, macs, keep_ratio...) are kept as given."""
+def model_entry(*, accuracy: float, params: int, size_bytes: int, latency_ms: float | None, **extra) -> dict:
+    """One ``metrics.json`` model entry; extra keys (runtime, macs, keep_ratio...) are kept as given. ``latency_ms``
+    None: measured later, with the other models (``set_latency``)."""
     entry = {
         "accuracy": round(float(accuracy), 6),
         "params": int(params),
         "size_bytes": int(size_bytes),
-        "latency_ms": round(float(latency_ms), 4),
+        "latency_ms": None if latency_ms is None else round(float(latency_ms), 4),
     }
     entry.update(extra)
     return entry
+
+
+def set_latency(entry: dict, spread: dict) -> dict:
+    """An entry's latency from ``interleaved_ms``: the median as ``latency_ms``, the 10th-90th percentile beside it
+    as ``latency_spread_ms`` [p10, p90]."""
+    entry["latency_ms"] = round(spread["median"], 4)
+    entry["latency_spread_ms"] = [round(spread["p10"], 4), round(spread["p90"], 4)]
+    return entry
+
+
+def spread_of(entry: dict) -> dict | None:
+    """An entry's latency as ``{"median", "p10", "p90"}``, or None without a measured spread."""
+    spread = entry.get("latency_spread_ms")
+    if entry.get("latency_ms") is None or not isinstance(spread, (list, tuple)) or len(spread) != 2:
+        return None
+    return {"median": float(entry["latency_ms"]), "p10": float(spread[0]), "p90": float(spread[1])}
+
+
+def format_ms(entry: dict) -> str:
+    """``2.14 (2.05-2.31)``: the median and, when measured, its 10th-90th percentile spread."""
+    if entry.get("latency_ms") is None:
+        return "-"
+    spread = spread_of(entry)
+    return f"{entry['latency_ms']:.2f}" + (f" ({spread['p10']:.2f}-{spread['p90']:.2f})" if spread else "")
 
 
 def read_metrics(folder: str | os.PathLike) -> dict:
@@ -146,7 +198,7 @@ def update_metrics(folder: str | os.PathLike, models: dict | None = None, **sect
 
 def format_table(metrics: dict) -> str:
     """The comparison table printed at the end of a run: accuracy, params, size, latency per model."""
-    rows = [("model", "accuracy", "params", "size", "latency (ms, b=1)")]
+    rows = [("model", "accuracy", "params", "size", "latency (ms, b=1; p10-p90)")]
     for name, e in metrics.get("models", {}).items():
         size = e.get("size_bytes")
         rows.append(
@@ -155,7 +207,7 @@ def format_table(metrics: dict) -> str:
                 f"{100 * e['accuracy']:.2f}%" if e.get("accuracy") is not None else "-",
                 f"{e['params'] / 1e6:.2f}M" if e.get("params") is not None else "-",
                 f"{size / 2**20:.2f} MiB" if size is not None else "-",
-                f"{e['latency_ms']:.2f}" if e.get("latency_ms") is not None else "-",
+                format_ms(e),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

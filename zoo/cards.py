@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 import zoo.model_cards
-from zoo.bench import read_metrics
+from zoo.bench import ratio_apart, read_metrics, spread_of
 from zoo.io import atomic_write_text
 from zoo.plots import png_figure
 from zoo.runs import LOCAL_ONLY_DIRS, MODEL_LABELS, ordered
@@ -59,6 +59,14 @@ def fmt_pct(x) -> str:
 
 def fmt_ms(x) -> str:
     return f"{x:.2f}" if _num(x) is not None else NA
+
+
+def fmt_latency(entry: dict) -> str:
+    """The median latency and, when measured, its 10th-90th percentile spread: ``2.14 (2.05-2.31)``."""
+    spread = spread_of(entry)
+    if spread is None:
+        return fmt_ms(entry.get("latency_ms"))
+    return f"{spread['median']:.2f} ({spread['p10']:.2f}-{spread['p90']:.2f})"
 
 
 def fmt_bytes(x) -> str:
@@ -276,7 +284,7 @@ def table_rows(metrics: dict) -> list[dict]:
                 "accuracy": fmt_pct(e.get("accuracy"))
                 if e.get("accuracy") is not None or not e.get("no_accuracy")
                 else f"no accuracy ({escape(e['no_accuracy'])})",
-                "latency": fmt_ms(e.get("latency_ms")),
+                "latency": fmt_latency(e),
                 "memory": _memory(key, e),
                 "size": fmt_bytes(e.get("size_bytes")),
                 "params": fmt_params(e.get("params")),
@@ -312,14 +320,17 @@ def highlights(metrics: dict, final: str | None) -> list[str]:
     fa, ta, ra = _num(f.get("accuracy")), _num(t.get("accuracy")), _num(r.get("accuracy"))
     if fa is not None and ta:
         parts = []
-        for key, word in (
-            ("params", "fewer parameters"),
-            ("size_bytes", "smaller weights"),
-            ("latency_ms", "lower latency"),
-        ):
+        for key, word in (("params", "fewer parameters"), ("size_bytes", "smaller weights")):
             a, b = _num(t.get(key)), _num(f.get(key))
             if a and b:
                 parts.append(f"{a / b:.1f}x {word}")
+        # a latency ratio only from spreads measured together that do not overlap (the teacher's p10 above the
+        # student's p90): single noisy medians of one architecture have differed 2.7x within a run
+        slow, fast = spread_of(t), spread_of(f)
+        if slow and fast and fast["median"] > 0:
+            ratio, apart = ratio_apart(slow, fast)
+            if apart:
+                parts.append(f"{ratio:.1f}x lower latency")
         tail = " with " + ", ".join(parts) if parts else ""
         out.append(f"The {label} keeps {100 * fa / ta:.1f}% of the teacher's accuracy{tail}.")
     if fa is not None and ra is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 level = NORMAL
@@ -35,6 +36,39 @@ def log(line: str) -> None:
     """A log line on stdout, unless ``-q``."""
     if level >= NORMAL:
         print(line, flush=True)
+
+
+class Progress:
+    """A tqdm bar on a terminal; off a terminal (a log file, a CI job) a log line every ``every`` steps and at the
+    end, with the step, the loss, the rate and the ETA, so a redirected run still shows where it is.
+
+    ``show``: True forces the bar, False forces the lines, None picks by whether stdout is a terminal.
+    """
+
+    def __init__(self, total: int, initial: int, desc: str, log, show: bool | None = None, every: int = 50,
+                 unit: str = "step"):  # fmt: skip
+        from tqdm.auto import tqdm
+
+        self.tty = sys.stdout.isatty() if show is None else show
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not self.tty, leave=False)
+        self.total, self.step, self.log, self.every, self.desc, self.unit = total, initial, log, every, desc, unit
+        self.t0, self.s0, self.next = time.perf_counter(), initial, (initial // every + 1) * every
+
+    def update(self, n: int = 1, loss: float | None = None) -> None:
+        self.step += n
+        self.bar.update(n)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if not self.tty and (self.step >= self.next or self.step >= self.total):
+            self.next = (self.step // self.every + 1) * self.every
+            rate = (self.step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
+            eta = (self.total - self.step) / max(rate, 1e-9)
+            shown = "" if loss is None else f" loss {loss:.4f}"
+            unit = self.unit
+            self.log(f"{self.desc}: {unit} {self.step}/{self.total}{shown} {rate:.2f} {unit}s/s eta {eta:.0f}s")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _disable_progress_bars() -> None:

@@ -385,16 +385,28 @@ class TrainSettings:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     checkpoint_every: int = 100
-    log_every: int = 10
+    log_every: int = 10  # metrics.jsonl lines
+    progress_every: int = 50  # off a terminal: a log line with step, loss, rate and ETA every this many steps
     accuracy_tolerance: float = 0.005
     max_rollbacks: int = 3
     baseline: bool = True
-    latency_repeats: int = 20
+    latency_repeats: int = 30  # rounds of the interleaved latency measurement (median and p10-p90 spread)
+    # "shared": teacher outputs in the cache every run shares (zoo.teachers.shared_cache_dir, $ZOO_CACHE); "run":
+    # in the output folder's teacher_cache/
+    teacher_cache: str = "shared"
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise BadValue("mixed_precision", self.mixed_precision, "expected 'no', 'fp16' or 'bf16'.")
-        for key in ("gradient_accumulation_steps", "checkpoint_every", "log_every", "latency_repeats"):
+        if self.teacher_cache not in ("shared", "run"):
+            raise BadValue("teacher_cache", self.teacher_cache, "expected 'shared' or 'run'.")
+        for key in (
+            "gradient_accumulation_steps",
+            "checkpoint_every",
+            "log_every",
+            "progress_every",
+            "latency_repeats",
+        ):
             _positive_int(self, key)
         _number(self, "weight_decay")
         _number(self, "grad_clip")

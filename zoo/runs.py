@@ -14,7 +14,8 @@ Output folder of ``zoo distill``::
     OUT/teachers/<modality>/                          teachers trained here (quickstart)
     OUT/metrics.json, metrics.jsonl, training_curves.png, README.md
     OUT/checkpoints/<phase>/step-<n>/                 resume points (zoo.checkpoint: safetensors + JSON)
-    OUT/teacher_cache/                                cached teacher outputs
+    OUT/teacher_cache/                                teacher outputs with train.teacher_cache: run (default: shared,
+                                                      in $ZOO_CACHE/teacher_cache, zoo.teachers.shared_cache_dir)
 """
 
 from __future__ import annotations

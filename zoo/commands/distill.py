@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from zoo.commands._shared import parse_teachers, recipe_and_overrides
+from zoo.commands._shared import SOURCE_HELP, parse_teachers, recipe_and_overrides
 from zoo.train.loop import StopRun
 from zoo.train.run import distill
 
@@ -65,7 +65,7 @@ def add_cli(sub) -> None:
         metavar="RECIPE|key=value",
         help="recipe name or YAML file and key=value overrides (anywhere)",
     )
-    p.add_argument("--data", default=None, help="dataset: CSV / JSONL / folder / hub id (default: the recipe's)")
+    p.add_argument("--data", default=None, metavar="SOURCE", help=f"dataset (default: the recipe's): {SOURCE_HELP}")
     p.add_argument("--teacher", action="append", metavar="MODALITY=PATH_OR_ID", help="a teacher per modality")
     p.add_argument("--unlabeled", default=None, metavar="SOURCE", help="rows without labels: the teachers label them")
     p.add_argument("--student", default=None, help="registered student architecture (e.g. hybrid_tiny)")

@@ -15,9 +15,9 @@ import time
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from zoo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from zoo.console import Progress
 from zoo.recipe import Stage
 from zoo.runs import JSONL_NAME
 from zoo.train.objective import DistillModule, uses_teacher
@@ -83,9 +83,9 @@ def train_phase(
             st["metric_before"] = _controller_metric(run.evaluate(unwrapped.student, limit=ctrl.eval_samples), ctrl)
     teacher = uses_teacher(weights)
     gp = r.losses.gradient_penalty if teacher else 0.0
-    # disable=None: tqdm shows the bar on a terminal only, so a log file gets the run's lines, not bar redraws
-    bar = tqdm(total=steps, initial=st["step"], desc=phase, disable=None if run.is_main and run.progress else True,
-               leave=False)  # fmt: skip
+    # a bar on a terminal; off one (a log file), a line every train.progress_every steps with loss, rate and ETA
+    bar = Progress(steps, st["step"], phase, run.log, None if run.is_main and run.progress else False,
+                   every=r.train.progress_every)  # fmt: skip
     t0 = time.perf_counter()
     module.train()
     while st["step"] < steps:
@@ -126,7 +126,7 @@ def train_phase(
             st["step"] += 1
             run.global_step += 1
             run.steps_this_session += 1
-            bar.update(1)
+            bar.update(loss=float(loss.detach()))
 
             # log, controller, checkpoint, stop
             if st["step"] % r.train.log_every == 0 or st["step"] == steps:
@@ -135,7 +135,7 @@ def train_phase(
                 if controller is not None:
                     rec["multiplier"] = multiplier
                 run.record(event="train", phase=phase, step=st["step"], global_step=run.global_step, **rec)
-                bar.set_postfix(loss=f"{vals['loss']:.3f}", T=f"{temperature:.2f}")
+                bar.bar.set_postfix(loss=f"{vals['loss']:.3f}", T=f"{temperature:.2f}")
             if controller is not None and st["step"] % ctrl.interval == 0 and st["step"] < steps:
                 ev = run.evaluate(unwrapped.student, limit=ctrl.eval_samples)
                 metric = _controller_metric(ev, ctrl)
@@ -146,7 +146,7 @@ def train_phase(
                     event="eval", phase=phase, step=st["step"], global_step=run.global_step,
                     val_accuracy=ev["accuracy"], val_loss=ev["loss"], reward=reward, multiplier=new,
                 )  # fmt: skip
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val_acc=f"{ev['accuracy']:.3f}", kd_x=new)
+                bar.bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val_acc=f"{ev['accuracy']:.3f}", kd_x=new)
             saved_now = st["step"] % r.train.checkpoint_every == 0 and st["step"] < steps
             if saved_now:
                 good = _snapshot(unwrapped, optimizer, st)

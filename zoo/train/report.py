@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,15 +18,16 @@ from zoo.bench import (
     count_params,
     folder_size_bytes,
     format_table,
+    interleaved_ms,
     latency_ms,
-    median_ms,
     model_entry,
     one_thread,
+    set_latency,
     student_predict,
     update_metrics,
 )
 from zoo.cards import write_card
-from zoo.compress.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+from zoo.compress.export import export_onnx, onnx_session, run_onnx
 from zoo.compress.guard import compare_answers
 from zoo.compress.stages import COMPRESSION_STAGES
 from zoo.modalities import IGNORE_INDEX
@@ -86,11 +88,11 @@ def measure(run) -> dict:
     """metrics.json: teacher, raw_student, distilled (and later stages) on the test split; the run section."""
     acc, r = run.accelerator, run.recipe
     t0 = time.perf_counter()
-    models = {}
+    models, calls = {}, {}  # calls: each model's batch-1 call, timed together at the end
     split = "test" if len(run.rows.get("test", [])) else "validation"
     example = latency_example(run, split)
     if run.is_main:
-        models["teacher"] = teacher_entry(run, split, example)
+        models["teacher"], calls["teacher"] = teacher_entry(run, split, example)
     students = {"distilled": run.out}
     if hasattr(run, "raw_student"):
         students["raw_student"] = run.phase_dir("raw_student") / "final"
@@ -110,7 +112,7 @@ def measure(run) -> dict:
         ev = run.evaluate(model, split)
         predictions[name], labels = ev["predictions"], ev["labels"]
         if run.is_main:
-            models[name] = student_entry(run, model, folder, ev["accuracy"], example)
+            models[name], calls[name] = student_entry(run, model, folder, ev["accuracy"], example)
     # each compression step against the student it started from: a small test split moves by whole samples, and
     # the share of answers that stayed the same tells a real loss from churn that happens to net out
     source = "distilled"
@@ -130,9 +132,16 @@ def measure(run) -> dict:
         }  # fmt: skip
     if "int8" in students and run.is_main:  # the deployment path of the int8 student: onnxruntime
         try:
-            models["onnx_int8"] = onnx_entry(run, students["int8"], split, example)
+            models["onnx_int8"], calls["onnx_int8"] = onnx_entry(run, students["int8"], split, example)
         except Exception as e:  # an export problem must not lose a finished run
             run.log(f"onnx_int8 not measured: {type(e).__name__}: {e}")
+    if run.is_main:
+        # one process, the models in turn in every round: the spreads are comparable, and a ratio is only claimed
+        # (cards.highlights) where they do not overlap
+        with one_thread(), torch.inference_mode():
+            spreads = interleaved_ms(calls, rounds=r.train.latency_repeats, warmup=2)
+        for name, spread in spreads.items():
+            set_latency(models[name], spread)
     if hasattr(run, "raw_student") and run.is_main:
         shutil.copytree(run.phase_dir("raw_student") / "final", run.out / "raw_student", dirs_exist_ok=True)
         (run.out / "raw_student" / "criterion.safetensors").unlink(missing_ok=True)
@@ -156,6 +165,9 @@ def measure(run) -> dict:
         "timings_seconds": {k: round(v, 2) for k, v in run.timings.items()},
         "num_processes": acc.num_processes,
         "torch_threads": torch.get_num_threads(),
+        "teacher_validation_accuracy": run.teacher_validation,
+        "warnings": run.warnings,
+        "truncation": getattr(run, "truncation", None),
         "final_model": "distilled",
     }
     data = None
@@ -181,7 +193,7 @@ def measure(run) -> dict:
 
 def onnx_entry(run, folder: Path, split: str, example: int) -> dict:
     """Export the int8 student to ``folder/model.onnx`` (QDQ) and measure that graph in onnxruntime: accuracy
-    on ``split`` and batch-1 latency at one thread, on the same sample as the torch rows."""
+    on ``split``; returns (entry, its batch-1 call on the same sample as the torch rows, for the latency)."""
     model = load_student(folder)
     rows = run.rows[split]
     inputs, _, _ = split_inputs(collate_rows([rows[i] for i in range(min(2, len(rows)))]))
@@ -195,16 +207,15 @@ def onnx_entry(run, folder: Path, split: str, example: int) -> dict:
         correct += int((run_onnx(session, inputs).argmax(-1)[keep] == labels[keep]).sum())
         total += int(keep.sum())
     one = {k: v[None] for k, v in rows[example].items() if k not in ("id", "labels")}
-    with one_thread():
-        latency = onnx_latency_ms(session, one, repeats=run.recipe.train.latency_repeats)
-    return model_entry(
+    entry = model_entry(
         accuracy=correct / max(total, 1),
         params=count_params(model),
         size_bytes=path.stat().st_size,
-        latency_ms=latency,
+        latency_ms=None,
         runtime="onnxruntime",
         file=f"{folder.name}/{path.name}",
     )
+    return entry, lambda: run_onnx(session, one)
 
 
 def latency_example(run, split: str) -> int:
@@ -219,20 +230,20 @@ def latency_example(run, split: str) -> int:
     return best
 
 
-def student_entry(run, model, folder: Path, accuracy: float, example: int) -> dict:
+def student_entry(run, model, folder: Path, accuracy: float, example: int) -> tuple[dict, Callable]:
+    """A student's entry (latency filled in later) and its batch-1 call in eval mode."""
     item = run.rows["test" if len(run.rows.get("test", [])) else "validation"][example]
     inputs = {k: v[None] for k, v in item.items() if k not in ("id", "labels")}
-    return model_entry(
-        accuracy=accuracy,
-        params=count_params(model),
-        size_bytes=folder_size_bytes(folder),
-        latency_ms=latency_ms(model, inputs, repeats=run.recipe.train.latency_repeats),
+    entry = model_entry(
+        accuracy=accuracy, params=count_params(model), size_bytes=folder_size_bytes(folder), latency_ms=None
     )
+    model.eval()
+    return entry, lambda: model(**inputs)
 
 
 def teacher_entry(run, split: str, example: int) -> dict:
     """The teachers together, as the student is taught: each predicts the samples of its modality, fused per
-    sample the way the KD target is (``losses.teacher_fusion``)."""
+    sample the way the KD target is (``losses.teacher_fusion``). Returns (entry, the teachers' batch-1 call)."""
     rows = run.rows[split]
     samples = [rows.raw(i) for i in range(len(rows))]
 
@@ -248,10 +259,10 @@ def teacher_entry(run, split: str, example: int) -> dict:
     # an encoder teacher (embeddings only, no logits) has no accuracy to report: null, and the card says why
     acc = accuracy(predict, samples, batch_size=64) if classifiers else None
     extra = {} if classifiers else {"no_accuracy": "encoder teacher"}
-    with one_thread(), torch.inference_mode():
-        ms = median_ms(lambda: [t(one, layers=[]) for t in run.teachers.values() if carries(t, one[0])], 10, 2)
     params = sum(sum(p.numel() for p in t.parameters()) for t in run.teachers.values())
     size = sum(sum(p.numel() * p.element_size() for p in t.parameters()) for t in run.teachers.values())
-    entry = model_entry(accuracy=acc or 0.0, params=params, size_bytes=size, latency_ms=ms, teachers=list(run.teachers))
+    entry = model_entry(
+        accuracy=acc or 0.0, params=params, size_bytes=size, latency_ms=None, teachers=list(run.teachers)
+    )
     entry.update(accuracy=entry["accuracy"] if classifiers else None, **extra)
-    return entry
+    return entry, lambda: [t(one, layers=[]) for t in run.teachers.values() if carries(t, one[0])]

@@ -73,3 +73,63 @@ class SampleList:
 
     def __getitem__(self, i: int) -> dict:
         return self.rows.raw(i)
+
+
+def truncation_report(split, preprocessors: dict, teachers: dict | None = None) -> dict:
+    """How many rows of ``split`` (a ``zoo.data`` split, or its ``Rows``: their decoded samples are reused) each
+    preprocessing cuts: the student's per modality (text past its ``max_length``, audio past its ``clip_seconds``)
+    and each teacher's (text past the teacher's ``max_length``).
+
+    Returns ``{"rows": n, "student": {modality: {"truncated": k, "limit": ...}}, "teachers": {modality: {...}}}``;
+    a modality whose preprocessing cuts nothing (images are resized) is left out.
+    """
+    raw = split.raw if isinstance(split, Rows) else lambda i: split[i]
+    dataset = (split.split if isinstance(split, Rows) else split).dataset
+    columns = getattr(dataset, "column_names", None) or []
+    texts = list(dataset["text"]) if "text" in columns else None
+    report: dict = {"rows": len(split), "student": {}, "teachers": {}}
+    for m, pre in preprocessors.items():
+        if not hasattr(pre, "truncated"):
+            continue
+        if m == "text" and texts is not None:
+            values, limit = texts, {"max_length": pre.config.max_length}
+        elif m == "audio":
+            values, limit = (
+                [raw(i).get("audio") for i in range(len(split))],
+                {"clip_seconds": pre.config.clip_seconds},
+            )
+        else:
+            continue
+        present = sum(v is not None for v in values)
+        report["student"][m] = {"truncated": int(pre.truncated(values)), "of": present, **limit}
+    for m, t in (teachers or {}).items():
+        if texts is None or "text" not in m:
+            continue
+        processors = getattr(t, "processors", None) or getattr(t, "text", None)
+        n = t.truncated([{"text": x} for x in texts])
+        present = sum(x is not None for x in texts)
+        report["teachers"][m] = {
+            "truncated": int(n),
+            "of": present,
+            "max_length": getattr(processors, "max_length", None),
+        }
+    return report
+
+
+def truncation_lines(report: dict, split: str = "train") -> list[str]:
+    """The report as log lines, one per preprocessing that cuts anything."""
+    owners = [("the student's", m, e, f"the student's {m}") for m, e in report["student"].items()]
+    owners += [(f"the {m} teacher's", m, e, f"the {m} teacher's") for m, e in report["teachers"].items()]
+    lines, limits = [], []
+    for owner, m, e, named in owners:
+        limit = f"max_length {e['max_length']}" if "max_length" in e else f"clip_seconds {e['clip_seconds']}"
+        limits.append(f"{named} {limit}")
+        if e["truncated"]:
+            share = 100 * e["truncated"] / max(e["of"], 1)
+            lines.append(
+                f"truncation: {e['truncated']} of {e['of']} {split} {m} rows ({share:.1f}%) are longer than "
+                f"{owner} {limit}: their ends are cut"
+            )
+    if owners and not lines:
+        lines.append(f"truncation: no {split} row is cut ({'; '.join(limits)})")
+    return lines

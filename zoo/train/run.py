@@ -39,6 +39,7 @@ from transformers.utils import logging as hf_logging
 
 from zoo import console
 from zoo import data as zdata
+from zoo.bench import accuracy
 from zoo.compress.guard import compression_stage
 from zoo.controller import BanditController
 from zoo.io import atomic_write_json, load_state_dict_checked, not_local, save_state_dict_atomic
@@ -48,11 +49,11 @@ from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_reci
 from zoo.registry import create_student
 from zoo.runs import JSONL_NAME, STATE_NAME
 from zoo.students import load_student
-from zoo.teachers import TeacherCache, load_teacher
+from zoo.teachers import TeacherCache, load_teacher, shared_cache_dir
 from zoo.teachers.train import train_teachers
 from zoo.train.loop import StopRun, train_phase
-from zoo.train.report import measure
-from zoo.train.rows import Rows, SampleList, collate_rows, split_inputs
+from zoo.train.report import carries, measure
+from zoo.train.rows import Rows, SampleList, collate_rows, split_inputs, truncation_lines, truncation_report
 from zoo.train.tokens import inherit_token_embeddings, student_tokenizer, tokenizer_kind
 
 LOCK_NAME = ".lock"  # the pid of the run writing into the folder
@@ -103,6 +104,8 @@ class Run:
         hf_logging.disable_progress_bar()  # per-file load / save bars of the teachers drown the run's own log
         self.timings: dict[str, float] = {}
         self.stage_log: list[dict] = []
+        self.warnings: list[str] = []  # metrics.json's run.warnings: what the user should look at
+        self.teacher_validation: dict[str, float] = {}
         self.global_step = 0
         self.state: dict = {"completed": {}, "global_step": 0}
 
@@ -255,13 +258,71 @@ class Run:
                 f"(data.label_fraction {r.data.label_fraction})"
                 + ("; the teachers trained here saw all of them" if self.trained_teachers else "")
             )
+        # what each preprocessing cuts (the student's and each teacher's): a cut text loses its end silently otherwise
+        self.truncation = truncation_report(self.rows["train"], pre, self.teachers)
+        for line in truncation_lines(self.truncation):
+            self.log(line)
         self.timings["preprocess"] = time.perf_counter() - t0
+
+        self.check_teachers()
 
         t0 = time.perf_counter()
         self.cached = self._teacher_cache()
         self.timings["teacher_cache"] = time.perf_counter() - t0
         self.criterion = self._criterion()
         self.global_step = int(self.state.get("global_step", 0))
+
+    def warn(self, message: str) -> None:
+        """A loud log line, kept for metrics.json's ``run.warnings``."""
+        self.warnings.append(message)
+        self.log(f"WARNING: {message}")
+
+    def check_teachers(self, margin: float = 0.05) -> None:
+        """Each classifier teacher's validation accuracy, before any distillation: a teacher within ``margin`` of
+        chance or below the majority class's share teaches less than the labels do, so say so and what to do."""
+        rows = self.rows.get("validation")
+        if rows is None or not len(rows):
+            return
+        samples = [rows.raw(i) for i in range(len(rows))]
+        labels = [int(s["label"]) for s in samples if s.get("label") is not None]
+        if not labels:
+            return
+        chance = 1.0 / self.num_classes
+        majority = max(labels.count(k) for k in set(labels)) / len(labels)
+        for m, t in self.teachers.items():
+            if t.num_classes != self.num_classes:
+                continue  # an encoder: no predictions to measure
+            mine = [s for s in samples if carries(t, s) and s.get("label") is not None]
+            if not mine:
+                continue
+            acc = accuracy(lambda batch, t=t: t(batch, layers=[]).logits, mine, batch_size=64)
+            self.teacher_validation[m] = round(acc, 6)
+            self.log(
+                f"teacher {m}: validation accuracy {100 * acc:.2f}% (chance {100 * chance:.2f}%, majority class "
+                f"{100 * majority:.2f}%)"
+            )
+            if acc < chance + margin or acc < majority:
+                self.warn(
+                    f"teacher {m} reaches {100 * acc:.2f}% on validation, "
+                    + (f"within {100 * margin:.0f} points of chance ({100 * chance:.2f}%)" if acc < chance + margin
+                       else f"below the majority class's share ({100 * majority:.2f}%)")
+                    + ": distilling it can make the student worse than training on the labels alone. Fine-tune a "
+                    f"pretrained model on this data (`zoo teacher MODEL --data ... --out DIR`) and pass "
+                    f"--teacher {m}=DIR."
+                )  # fmt: skip
+
+    def check_teachers_against(self, raw_accuracy: float | None) -> None:
+        """After the raw-student baseline: a teacher below the student trained on the labels alone."""
+        if raw_accuracy is None:
+            return
+        for m, acc in self.teacher_validation.items():
+            if acc < raw_accuracy:
+                self.warn(
+                    f"teacher {m} ({100 * acc:.2f}% on validation) is below the raw student trained on the labels "
+                    f"alone ({100 * raw_accuracy:.2f}%): the distilled student is likely to end below it too. "
+                    f"Fine-tune a pretrained model (`zoo teacher MODEL --data ... --out DIR`) and pass "
+                    f"--teacher {m}=DIR."
+                )
 
     def new_student(self, inherit: bool = True):
         """A freshly initialised student (seeded), with the run's tokenizer; ``student_init: teacher`` (and
@@ -294,15 +355,16 @@ class Run:
         fingerprint = self.data.fingerprint("train")
         if self.recipe.data.max_train_samples:
             fingerprint += f"-first{len(train)}"
+        root = self.out / "teacher_cache" if self.recipe.train.teacher_cache == "run" else shared_cache_dir()
         caches = {}
         for m, teacher in self.teachers.items():
             layers = _cache_layers(teacher, self.recipe.losses.feature_layers.get(m))
-            caches[m] = TeacherCache(
-                self.out / "teacher_cache", teacher, samples, features=layers, dataset_fingerprint=fingerprint
-            )
+            caches[m] = TeacherCache(root, teacher, samples, features=layers, dataset_fingerprint=fingerprint)
             if self.is_main and not caches[m].complete:
-                self.log(f"teacher cache: running teacher {m!r} over {len(samples)} train samples")
-                caches[m].precompute(batch_size=64, progress=self.progress)
+                self.log(f"teacher cache: running teacher {m!r} over {len(samples)} train samples ({caches[m].path})")
+                caches[m].precompute(batch_size=64, progress=self.progress, log=self.log)
+            elif self.is_main:
+                self.log(f"teacher cache: teacher {m!r} outputs read from {caches[m].path}")
         self.accelerator.wait_for_everyone()
         return {m: c.as_teacher() for m, c in caches.items()}
 
@@ -455,6 +517,7 @@ class Run:
                 )
                 self.finish_phase("raw_student", raw, summary)
             self.raw_student = raw
+            self.check_teachers_against((self.state["completed"].get("raw_student") or {}).get("val_accuracy"))
         # 2. the stages
         student = self.student
         last = last_float = None
