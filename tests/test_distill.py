@@ -281,7 +281,15 @@ def test_two_processes_match_one(tmp_path):
     for m in ("text", "image"):
         build_teacher(m, cfg, ds, tmp_path / "teachers" / m)
         teachers += ["--teacher", f"{m}={tmp_path / 'teachers' / m}"]
-    args = ["distill", "--data", str(csv), "--no-progress", *teachers, *TINY, "data.eval_batch_size=8"]
+    args = [
+        "distill",
+        "--data",
+        str(csv),
+        "--no-progress",
+        *teachers,
+        *[o for o in TINY if not o.startswith("data.eval_batch_size=")],
+        "data.eval_batch_size=8",
+    ]
     one = subprocess.run([sys.executable, "-m", "zoo.cli", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=_cli_env(), timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
