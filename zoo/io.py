@@ -137,7 +137,8 @@ def replace_folder_contents(src: Path, dst: Path, names: Iterable[str] | None = 
             os.replace(p, target)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a lock's or a leftover's owner)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -156,7 +157,7 @@ def clean_leftovers(parent: Path) -> None:
         return
     for p in parent.iterdir():
         m = re.fullmatch(r"\.save-(\d+)-.*|\.(.+)\.(new|old)-(\d+)", p.name)
-        if not p.is_dir() or m is None or _pid_alive(int(m.group(1) or m.group(4))):
+        if not p.is_dir() or m is None or pid_alive(int(m.group(1) or m.group(4))):
             continue
         original = parent / m.group(2) if m.group(3) == "old" else None
         if original is not None and not original.exists():

@@ -42,7 +42,7 @@ from zoo import data as zdata
 from zoo.bench import accuracy
 from zoo.compress.guard import compression_stage
 from zoo.controller import BanditController
-from zoo.io import atomic_write_json, load_state_dict_checked, not_local, save_state_dict_atomic
+from zoo.io import atomic_write_json, load_state_dict_checked, not_local, pid_alive, save_state_dict_atomic
 from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
 from zoo.modalities import IGNORE_INDEX
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
@@ -122,7 +122,7 @@ class Run:
                     pid = int(path.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
+                if pid and pid != os.getpid() and pid_alive(pid):
                     raise FileExistsError(
                         f"{self.out} is in use by another zoo distill (pid {pid}, {path}); wait for it, or choose "
                         "another --out."
@@ -562,20 +562,6 @@ class Run:
         if self.is_main:
             self.accelerator.unwrap_model(student).save_pretrained(self.out)
         self.accelerator.wait_for_everyone()
-
-    # -- compression stages -------------------------------------------------------------------------------------
-
-    # -- measurements -------------------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _flat(d, prefix: str = "") -> dict:
