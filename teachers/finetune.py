@@ -10,9 +10,9 @@ ImageNet CNN) is not one until it is fine-tuned on the task's labels. MODEL is:
 
 The model is saved to ``DIR`` first and loaded back through ``zoo.teachers.load_teacher``, so the fine-tune sees
 exactly the preprocessing distillation will use later (the teacher adapter's own processor). Training is plain
-supervised fine-tuning (AdamW, linear warmup then cosine, CE, gradient clipping); the checkpoint with the best
-validation accuracy is kept. ``--folds K`` trains K teachers, each without one fold of train (cross-fitting, see
-``zoo.teachers.crossfit``). A run checkpoints every ``checkpoint_every`` steps without pickle
+supervised fine-tuning (AdamW, linear warmup then cosine, CE, gradient clipping; text batches grouped by length,
+``epoch_batches``); the checkpoint with the best validation accuracy is kept. ``--folds K`` trains K teachers,
+each without one fold of train (cross-fitting, see ``zoo.teachers.crossfit``). A run checkpoints every ``checkpoint_every`` steps without pickle
 (``zoo.checkpoint``) and ``resume=True`` continues it bit-identically.
 
 Written here rather than with ``transformers.Trainer``: Trainer checkpoints optimizer and RNG states with
@@ -60,6 +60,7 @@ class FinetuneSettings:
     seed: int = 0
     checkpoint_every: int = 100
     eval_batch_size: int = 64
+    group_by_length: bool = True  # text: batches of similar length (less padding), as transformers.Trainer offers
 
     def validate(self) -> None:
         checks = {
@@ -166,6 +167,36 @@ def build_initial(model: str, data, dst: Path, modality: str | None, settings: F
 
 
 # ------------------------------------------------------------------------------------------------ the loop
+MEGABATCH = 50  # batches per length-sorted chunk (transformers' LengthGroupedSampler uses the same)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None) -> list[list]:
+    """The full batches of one epoch: a permutation drawn from (seed, epoch) only, so a resumed run sees the same.
+
+    With ``lengths`` (text), each chunk of ``MEGABATCH`` batches of the permutation is sorted by length, longest
+    first, and the batches are then shuffled: rows of similar length share a batch and padding shrinks (a batch
+    of 32 texts padded to its longest costs the longest's time), while every row still comes once per epoch. The
+    tail that does not fill a batch is left out of that epoch.
+    """
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    if lengths is not None:
+        mega = batch_size * MEGABATCH
+        order = [j for i in range(0, n, mega) for j in sorted(order[i : i + mega], key=lambda j: -lengths[j])]
+    batches = [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [order]
+    if lengths is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+def _text_lengths(teacher: Teacher, rows: list[dict]) -> list[int] | None:
+    """Token counts of the rows' texts under the teacher's tokenizer (None for other modalities)."""
+    processor = getattr(getattr(teacher, "processors", None), "processor", None)
+    if teacher.modality != "text" or processor is None or not callable(processor):
+        return None
+    return [len(ids) for ids in processor([r["text"] for r in rows], truncation=False)["input_ids"]]
+
+
 def _lr_lambda(total: int, warmup: float):
     """Linear warmup over ``warmup`` of the steps, then cosine to zero."""
     w = max(int(total * warmup), 1)
@@ -222,12 +253,14 @@ def _fit(
     eval_every = per_epoch if s.epochs >= 1 else total
     bar = Progress(total, state["step"], f"teacher {dst.name}", log, progress)
     labels = torch.tensor([int(x["label"]) for x in train])
+    lengths = _text_lengths(teacher, train) if s.group_by_length else None
+    batches, batches_epoch = None, None
     while state["step"] < total:
         step = state["step"]
         epoch, pos = divmod(step, per_epoch)
-        # the order of an epoch depends on (seed, epoch) only: a resumed run draws the same batches
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        idx = order[pos * s.batch_size : (pos + 1) * s.batch_size].tolist()
+        if batches_epoch != epoch:  # the order of an epoch depends on (seed, epoch): a resumed run draws the same
+            batches, batches_epoch = epoch_batches(len(train), s.batch_size, seed, epoch, lengths), epoch
+        idx = batches[pos]
         model.train()
         inputs = teacher.preprocess([train[i] for i in idx])
         inputs = {k: v for k, v in inputs.items() if k != "mask"}

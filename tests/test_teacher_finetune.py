@@ -142,6 +142,28 @@ def test_zoo_teacher_resumes_bit_identically(task, encoder, tmp_path, monkeypatc
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
+    from zoo.teachers.finetune import epoch_batches
+
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(4, 200, (1000,), generator=gen).tolist()
+    plain = epoch_batches(1000, 8, seed=3, epoch=0)
+    grouped = epoch_batches(1000, 8, seed=3, epoch=0, lengths=lengths)
+    for batches in (plain, grouped):
+        rows = [i for b in batches for i in b]
+        assert len(batches) == 125 and len(rows) == len(set(rows)) == 1000
+    assert grouped == epoch_batches(1000, 8, seed=3, epoch=0, lengths=lengths)  # what resume relies on
+    assert grouped != epoch_batches(1000, 8, seed=3, epoch=1, lengths=lengths)
+
+    def padded(batches):  # tokens a batch padded to its longest row costs
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert padded(grouped) < 0.7 * padded(plain)
+    assert epoch_batches(5, 8, seed=0, epoch=0) == [
+        torch.randperm(5, generator=torch.Generator().manual_seed(0)).tolist()
+    ]
+
+
 def test_zoo_teacher_names_a_missing_model_folder(task, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "teacher", str(tmp_path / "nope"), "--data", str(task),
                            "--out", str(tmp_path / "t")], capture_output=True, text=True, env=_env())  # fmt: skip

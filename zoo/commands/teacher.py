@@ -21,6 +21,7 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
         max_length=args.max_length if args.max_length > 0 else None,
         folds=args.folds,
         seed=args.seed,
+        group_by_length=not args.no_group_by_length,
     )
     settings.validate()  # before the data is read
     data = zdata.load(args.data, on_error="skip" if args.skip_bad else "raise", seed=args.seed)
@@ -60,6 +61,11 @@ def add_cli(sub) -> None:
     p.add_argument("--max-length", type=int, default=d.max_length, help="text tokens (0: the tokenizer's limit)")
     p.add_argument("--folds", type=int, default=d.folds, help="K > 1: K cross-fitted teachers, each without a fold")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--no-group-by-length",
+        action="store_true",
+        help="text: plain random batches (default: batches of similar length, less padding)",
+    )
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.add_argument("--skip-bad", action="store_true", help="drop rows with problems instead of stopping")
