@@ -12,8 +12,8 @@ The model is saved to ``DIR`` first and loaded back through ``zoo.teachers.load_
 exactly the preprocessing distillation will use later (the teacher adapter's own processor). Training is plain
 supervised fine-tuning (AdamW, linear warmup then cosine, CE, gradient clipping; text batches grouped by length,
 ``epoch_batches``); the checkpoint with the best validation accuracy is kept. ``--folds K`` trains K teachers,
-each without one fold of train (cross-fitting, see ``zoo.teachers.crossfit``). A run checkpoints every ``checkpoint_every`` steps without pickle
-(``zoo.checkpoint``) and ``resume=True`` continues it bit-identically.
+each without one fold of train (cross-fitting, see ``zoo.teachers.crossfit``). A run checkpoints every
+``checkpoint_every`` steps without pickle (``zoo.checkpoint``) and ``resume=True`` continues it bit-identically.
 
 Written here rather than with ``transformers.Trainer``: Trainer checkpoints optimizer and RNG states with
 ``torch.save`` (resuming unpickles them), and it knows neither timm models nor TorchScript-free zoo teachers.
