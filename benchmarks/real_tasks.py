@@ -85,55 +85,53 @@ def efficientnet_lite0_folder() -> Path:
     return efficientnet_lite0_timm_folder(CACHE / "efficientnet_lite0")
 
 
-# ---------------------------------------------------------------------------------------------- latency
 # ------------------------------------------------------------------------------------------------ baselines
+def fit_lr(train: tuple, val: tuple, test: tuple, cs=(0.3, 1.0, 3.0, 10.0), max_iter: int = 3000) -> dict:
+    """Logistic regression on (features, labels) pairs, C chosen on validation: test accuracy, C, the model."""
+    from sklearn.linear_model import LogisticRegression
+
+    best = None
+    for c in cs:
+        clf = LogisticRegression(C=c, max_iter=max_iter).fit(*train)
+        acc = float((clf.predict(val[0]) == val[1]).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    _, c, clf = best
+    return {"accuracy": float((clf.predict(test[0]) == test[1]).mean()), "C": c, "model": clf}
+
+
+def labels_of(*splits) -> list[np.ndarray]:
+    return [np.array([int(s["label"]) for s in rows]) for rows in splits]
+
+
 def text_baseline(train, val, test) -> dict:
     """TF-IDF (word 1-2 grams, sublinear tf, min_df 2) + logistic regression, C chosen on validation."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
     xtr = vec.fit_transform([s["text"] for s in train])
     xva, xte = vec.transform([s["text"] for s in val]), vec.transform([s["text"] for s in test])
-    ytr, yva, yte = (np.array([s["label"] for s in rows]) for rows in (train, val, test))
-    best = None
-    for c in (3.0, 10.0, 30.0, 100.0):
-        clf = LogisticRegression(C=c, max_iter=3000).fit(xtr, ytr)
-        acc = float((clf.predict(xva) == yva).mean())
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    _, c, clf = best
-    one = vec.transform([test[0]["text"]])
-    return {
-        "accuracy": float((clf.predict(xte) == yte).mean()),
-        "C": c,
-        "call": lambda: clf.predict(vec.transform([test[0]["text"]])),
-        "_one": one,
-    }
+    ytr, yva, yte = labels_of(train, val, test)
+    r = fit_lr((xtr, ytr), (xva, yva), (xte, yte), cs=(3.0, 10.0, 30.0, 100.0))
+    clf = r["model"]
+    return {"accuracy": r["accuracy"], "C": r["C"], "call": lambda: clf.predict(vec.transform([test[0]["text"]]))}
 
 
 def image_baseline(train, val, test) -> dict:
     """Logistic regression on the pixels (28x28 grey, scaled to [0, 1]), C chosen on validation."""
-    from sklearn.linear_model import LogisticRegression
 
     def pixels(rows):
         return np.stack([np.asarray(s["image"].convert("L"), dtype=np.float32).ravel() / 255.0 for s in rows])
 
     xtr, xva, xte = pixels(train), pixels(val), pixels(test)
-    ytr, yva, yte = (np.array([s["label"] for s in rows]) for rows in (train, val, test))
-    best = None
-    for c in (0.01, 0.1, 1.0):
-        clf = LogisticRegression(C=c, max_iter=500).fit(xtr, ytr)
-        acc = float((clf.predict(xva) == yva).mean())
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    _, c, clf = best
-    return {"accuracy": float((clf.predict(xte) == yte).mean()), "C": c, "call": lambda: clf.predict(xte[:1])}
+    ytr, yva, yte = labels_of(train, val, test)
+    r = fit_lr((xtr, ytr), (xva, yva), (xte, yte), cs=(0.01, 0.1, 1.0), max_iter=500)
+    clf = r["model"]
+    return {"accuracy": r["accuracy"], "C": r["C"], "call": lambda: clf.predict(xte[:1])}
 
 
 def frozen_encoder_lr(encoder_path: str, modality: str, train, val, test, cache: Path) -> dict:
     """The pretrained encoder, frozen: mean-pooled normalised embeddings (cached) + logistic regression."""
-    from sklearn.linear_model import LogisticRegression
 
     from zoo.teachers import load_teacher
 
@@ -155,15 +153,9 @@ def frozen_encoder_lr(encoder_path: str, modality: str, train, val, test, cache:
         etr, eva, ete = embed(train), embed(val), embed(test)
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(path, train=etr, validation=eva, test=ete)
-    ytr, yva, yte = (np.array([s["label"] for s in rows]) for rows in (train, val, test))
-    best = None
-    for c in (0.3, 1.0, 3.0, 10.0):
-        clf = LogisticRegression(C=c, max_iter=3000).fit(etr, ytr)
-        acc = float((clf.predict(eva) == yva).mean())
-        if best is None or acc > best[0]:
-            best = (acc, c)
-    clf = LogisticRegression(C=best[1], max_iter=3000).fit(etr, ytr)
-    return {"accuracy": float((clf.predict(ete) == yte).mean()), "C": best[1]}
+    ytr, yva, yte = labels_of(train, val, test)
+    r = fit_lr((etr, ytr), (eva, yva), (ete, yte))
+    return {"accuracy": r["accuracy"], "C": r["C"]}
 
 
 # --------------------------------------------------------------------------------------------- the teacher
