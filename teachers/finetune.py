@@ -336,6 +336,7 @@ def finetune_teacher(
     ``out/metrics.json`` holds the validation and test accuracy of the kept (best-validation) checkpoint.
     """
 
+    model = os.fspath(model)  # a pathlib.Path folder too
     s = settings or FinetuneSettings()
     s.validate()
     out = Path(out)
