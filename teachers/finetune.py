@@ -194,7 +194,7 @@ def _text_lengths(teacher: Teacher, rows: list[dict]) -> list[int] | None:
     processor = getattr(getattr(teacher, "processors", None), "processor", None)
     if teacher.modality != "text" or processor is None or not callable(processor):
         return None
-    return [len(ids) for ids in processor([r["text"] for r in rows], truncation=False)["input_ids"]]
+    return [len(ids) for ids in processor([r["text"] for r in rows], truncation=False, verbose=False)["input_ids"]]
 
 
 def _lr_lambda(total: int, warmup: float):
