@@ -451,3 +451,46 @@ def test_an_encoder_teacher_is_measured_without_accuracy():
     run = SimpleNamespace(rows={"test": Rows(range(4))}, teachers={"text": Encoder()}, num_classes=2, criterion=None)
     entry, _ = teacher_entry(run, "test", 0)
     assert entry["accuracy"] is None and entry["no_accuracy"] == "encoder teacher" and entry["params"] == 20
+
+
+@pytest.mark.slow
+def test_keep_best_returns_the_best_epoch_and_resumes_to_the_same_weights(
+    tiny_data, tiny_teachers, tmp_path, monkeypatch
+):
+    """train.keep_best: mixed_distill's first epoch is made the best on validation (its accuracy read as 100%), so
+    the phase returns those weights, not its last ones; a run stopped after that and resumed ends the same."""
+    from zoo.train import loop
+
+    real = loop._consider_best
+    snapshots = {}
+
+    def forced(run, phase, st, student):
+        if phase == "mixed_distill" and st["step"] == 3:  # 96 rows, batch 32: the first of two epochs
+            snapshots.setdefault(run.out.name, {k: v.clone() for k, v in student.state_dict().items()})
+            evaluate = run.evaluate
+            run.evaluate = lambda s, *a, **k: {**evaluate(s, *a, **k), "accuracy": 1.0}
+            try:
+                return real(run, phase, st, student)
+            finally:
+                del run.evaluate
+        return real(run, phase, st, student)
+
+    monkeypatch.setattr(loop, "_consider_best", forced)
+    overrides = [*TINY, "data.batch_size=32", "train.keep_best=true"]
+    distill("quickstart", tmp_path / "full", data=tiny_data, teachers=tiny_teachers, overrides=overrides,
+            progress=False)  # fmt: skip
+    best = snapshots["full"]
+    final = _final_weights(tmp_path / "full")
+    assert all(torch.equal(final[k], v) for k, v in best.items())  # the distilled student is the epoch-1 one
+    log = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    total = max(r["global_step"] for r in log if r.get("event") == "train")
+
+    out = tmp_path / "resumed"
+    with pytest.raises(StopRun):  # two steps before the end: inside mixed_distill's second epoch
+        distill("quickstart", out, data=tiny_data, teachers=tiny_teachers, overrides=overrides,
+                stop_after_steps=total - 2, progress=False)  # fmt: skip
+    assert (out / "checkpoints" / "mixed_distill" / "best.safetensors").is_file()
+    distill("quickstart", out, data=tiny_data, teachers=tiny_teachers, overrides=overrides, resume=True,
+            progress=False)  # fmt: skip
+    resumed = _final_weights(out)
+    assert all(torch.equal(resumed[k], final[k]) for k in final)

@@ -391,6 +391,7 @@ class TrainSettings:
     max_rollbacks: int = 3
     baseline: bool = True
     latency_repeats: int = 30  # rounds of the interleaved latency measurement (median and p10-p90 spread)
+    keep_best: bool = False  # each phase returns its best validation checkpoint (measured at every epoch's end)
     # "shared": teacher outputs in the cache every run shares (zoo.teachers.shared_cache_dir, $ZOO_CACHE); "run":
     # in the output folder's teacher_cache/
     teacher_cache: str = "shared"

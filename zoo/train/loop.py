@@ -2,7 +2,8 @@
 
 It reads top to bottom like nanoGPT's ``train.py``: data and optimizer, resume, then per step: learning rate and
 temperature, micro-steps (``accelerator.accumulate``), non-finite rollback, clip and step, log, controller
-evaluation, checkpoint, stop. The loop is plain ``accelerate`` (``accumulate``, ``backward``, ``skip_first_batches``);
+evaluation, checkpoint, stop; with ``train.keep_best`` the validation accuracy at each epoch's end picks the weights
+the phase returns (the best, or the last when nothing beat it). The loop is plain ``accelerate`` (``accumulate``, ``backward``, ``skip_first_batches``);
 checkpoints go through ``zoo.checkpoint`` (safetensors + JSON) rather than accelerate's pickled ``save_state``.
 """
 
@@ -71,9 +72,11 @@ def train_phase(
 
     # resume: counters, weights, optimizer and RNG from the phase's last checkpoint
     st = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "rollbacks": [], "metric_before": None}
+    st.update(best=None, best_step=None)
     if run.resume:
         st = _resume(run, phase, st, module, optimizer, scheduler, controller)
     unwrapped = acc.unwrap_model(module)
+    keep_best = r.train.keep_best and len(run.rows.get("validation") or []) > 0
     good = _snapshot(unwrapped, optimizer, st)  # the state a non-finite loss rolls back to
     ctrl = r.controller
     if controller is not None:
@@ -164,6 +167,8 @@ def train_phase(
         else:
             st["epoch"] += 1
             st["batch_in_epoch"] = 0
+            if keep_best and st["step"] < steps:
+                _consider_best(run, phase, st, unwrapped.student)
     bar.close()
 
     # the phase's result, measured on the validation split
@@ -172,13 +177,49 @@ def train_phase(
     student = acc.unwrap_model(module).student
     acc.free_memory()
     ev = run.evaluate(student)
-    summary["val_accuracy"], summary["val_loss"] = ev["accuracy"], ev["loss"]
     run.record(
         event="eval", phase=phase, step=steps, global_step=run.global_step,
         val_accuracy=ev["accuracy"], val_loss=ev["loss"],
     )  # fmt: skip
+    if keep_best and st["best"] is not None and st["best"] > ev["accuracy"]:
+        from safetensors.torch import load_model
+
+        load_model(student, str(_best_file(run, phase)))
+        run.log(
+            f"{phase}: kept the best validation checkpoint (step {st['best_step']}, {100 * st['best']:.2f}%) over "
+            f"the last ({100 * ev['accuracy']:.2f}%)"
+        )
+        ev = run.evaluate(student)
+        summary["best_step"] = st["best_step"]
+    summary["val_accuracy"], summary["val_loss"] = ev["accuracy"], ev["loss"]
     run.log(f"{phase}: {steps} steps in {summary['seconds']:.1f}s, validation accuracy {100 * ev['accuracy']:.2f}%")
     return student, summary
+
+
+def _best_file(run, phase: str):
+    return run.phase_dir(phase) / "best.safetensors"
+
+
+def _consider_best(run, phase: str, st: dict, student: nn.Module) -> None:
+    """Measure validation accuracy; when it beats the phase's best so far, save the weights (safetensors, atomic)
+    and record where. Evaluation draws no random numbers, so training continues exactly as without it."""
+    from safetensors.torch import save_model
+
+    from zoo.io import atomic_path
+
+    ev = run.evaluate(student)
+    run.record(
+        event="eval", phase=phase, step=st["step"], global_step=run.global_step,
+        val_accuracy=ev["accuracy"], val_loss=ev["loss"],
+    )  # fmt: skip
+    if st["best"] is None or ev["accuracy"] > st["best"]:
+        st["best"], st["best_step"] = ev["accuracy"], st["step"]
+        if run.is_main:
+            path = _best_file(run, phase)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_model(student, str(tmp))
+        run.accelerator.wait_for_everyone()
 
 
 def _stage_subset(train, fraction: float, seed: int, first: int | None = None):
@@ -210,7 +251,7 @@ def _resume(run, phase: str, st: dict, module, optimizer, scheduler, controller)
         return st
     acc = run.accelerator
     saved = load_checkpoint(ckpt, model=module, optimizer=optimizer, scheduler=scheduler, accelerator=acc)
-    st = {k: saved[k] for k in st}
+    st = {k: saved.get(k, v) for k, v in st.items()}
     run.global_step = saved["global_step"]
     if controller is not None and saved.get("controller"):
         controller.load_state_dict(saved["controller"])

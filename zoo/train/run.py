@@ -414,7 +414,8 @@ class Run:
         logits_all, labels_all = [], []
         for batch in loader:
             inputs, labels, _ = split_inputs(batch)
-            logits = student(**inputs)
+            with torch.no_grad():
+                logits = student(**inputs)
             logits, labels = acc.gather_for_metrics((logits.float(), labels))
             logits_all.append(logits.cpu())
             labels_all.append(labels.cpu())
