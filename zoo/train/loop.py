@@ -3,8 +3,9 @@
 It reads top to bottom like nanoGPT's ``train.py``: data and optimizer, resume, then per step: learning rate and
 temperature, micro-steps (``accelerator.accumulate``), non-finite rollback, clip and step, log, controller
 evaluation, checkpoint, stop; with ``train.keep_best`` the validation accuracy at each epoch's end picks the weights
-the phase returns (the best, or the last when nothing beat it). The loop is plain ``accelerate`` (``accumulate``, ``backward``, ``skip_first_batches``);
-checkpoints go through ``zoo.checkpoint`` (safetensors + JSON) rather than accelerate's pickled ``save_state``.
+the phase returns (the best, or the last when nothing beat it). The loop is plain ``accelerate`` (``accumulate``,
+``backward``, ``skip_first_batches``); checkpoints go through ``zoo.checkpoint`` (safetensors + JSON) rather than
+accelerate's pickled ``save_state``.
 """
 
 from __future__ import annotations
