@@ -494,3 +494,19 @@ def test_keep_best_returns_the_best_epoch_and_resumes_to_the_same_weights(
             progress=False)  # fmt: skip
     resumed = _final_weights(out)
     assert all(torch.equal(resumed[k], final[k]) for k in final)
+
+
+@pytest.mark.slow
+def test_a_diverging_compression_stage_is_rolled_back_and_the_run_finishes(tiny_data, tiny_teachers, tmp_path):
+    """stages.prune.lr=1e30 makes the pruning recovery's loss non-finite: each attempt is rolled back (reason
+    'diverged'), the run keeps the distilled student and still writes metrics.json and the card."""
+    ov = [o for o in TINY if not o.startswith("stages.prune")] + [
+        "train.baseline=false", "stages.prune.steps=3", "stages.prune.lr=1e30", "train.max_rollbacks=0",
+    ]  # fmt: skip
+    out = tmp_path / "d"
+    metrics = distill("quickstart", out, data=tiny_data, teachers=tiny_teachers, overrides=ov, progress=False)
+    prune = next(s for s in metrics["run"]["stages"] if s["name"] == "prune")
+    assert prune["status"] == "rolled back" and prune["rollbacks"]
+    assert all(r["reason"].startswith("diverged: ") for r in prune["rollbacks"])
+    assert "pruned" not in metrics["models"] and "distilled" in metrics["models"]
+    assert (out / "metrics.json").is_file() and (out / "README.md").is_file()

@@ -41,6 +41,17 @@ def test_recipe_values_are_checked_at_load_and_name_the_key(override, key):
         load_recipe("quickstart", [override])
 
 
+def test_exponent_numbers_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-4 (no dot) as a string; an lr written so is the number a user means, in an override and
+    in a recipe file."""
+    assert load_recipe("quickstart", ["stages.soft_distill.lr=1e-4"]).stages.soft_distill.lr == 1e-4
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nstages:\n  soft_distill: {steps: 2, lr: 5E-3}\n")
+    assert load_recipe(path).stages.soft_distill.lr == 5e-3
+    with pytest.raises(ValueError, match="stages.soft_distill.lr must be a number; got '1e'"):
+        load_recipe("quickstart", ["stages.soft_distill.lr=1e"])
+
+
 def test_recipe_without_stages_is_an_error(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("name: empty\nstages: {}\n")

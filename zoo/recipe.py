@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -474,6 +475,8 @@ def _strip_optional(tp):
     return tp, False
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-4, 5E3, 2.5e-5: numbers YAML 1.1 misses
+
 def convert_value(value, tp, where: str, source: str):
     """Check and convert one YAML value to the annotated type ``tp``; errors name ``where`` and ``source``."""
     tp, optional = _strip_optional(tp)
@@ -506,6 +509,8 @@ def convert_value(value, tp, where: str, source: str):
             raise ValueError(f"{source}: {where} must be true or false; got {value!r}.")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-4 as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{source}: {where} must be a number; got {value!r}.")
         return float(value)

@@ -7,7 +7,7 @@ from torch import nn
 
 from zoo.compress.stages import COMPRESSION_STAGES
 from zoo.recipe import Stage
-from zoo.train.loop import train_phase
+from zoo.train.loop import Diverged, train_phase
 
 
 def compare_answers(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
@@ -43,7 +43,15 @@ def compression_stage(run, name: str, stage: Stage, student: nn.Module) -> tuple
             summary.update(status="skipped", reason=result)
             return student, summary
         if stage.num_steps(len(run.rows["train"]), run.recipe.data.batch_size):
-            candidate, trained = train_phase(run, phase, stage, candidate, reference=reference)
+            try:
+                candidate, trained = train_phase(run, phase, stage, candidate, reference=reference)
+            except Diverged as e:  # the recovery blew up: this attempt is rolled back like one that lost accuracy
+                event = {"settings": settings, "reason": f"diverged: {e}"}
+                summary["rollbacks"].append(event)
+                nxt = f"retrying with {fmt_settings(attempts[i + 1])}" if i + 1 < len(attempts) else "none left"
+                run.log(f"{name}: {e}: rolled back to the previous student ({nxt})")
+                run.record(event="rollback", phase=name, global_step=run.global_step, **event)
+                continue
             summary["steps"] += trained["steps"]
         candidate = spec.finalize(candidate)
         evaluated = run.evaluate(candidate)
