@@ -477,6 +477,7 @@ def _strip_optional(tp):
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-4, 5E3, 2.5e-5: numbers YAML 1.1 misses
 
+
 def convert_value(value, tp, where: str, source: str):
     """Check and convert one YAML value to the annotated type ``tp``; errors name ``where`` and ``source``."""
     tp, optional = _strip_optional(tp)
