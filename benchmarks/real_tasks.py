@@ -158,6 +158,46 @@ def frozen_encoder_lr(encoder_path: str, modality: str, train, val, test, cache:
     return {"accuracy": r["accuracy"], "C": r["C"]}
 
 
+def unlabeled_source(task: str, spec: str | None, data, log) -> str | None:
+    """``--unlabeled``: a path as given, or ``auto:N``: N in-domain rows outside the task's splits, built once.
+
+    debian-sections: Debian descriptions with the task's train, validation and test rows and their near copies
+    removed (``benchmarks/data/debian_corpus.py``), N drawn with seed 0; fashion-mnist: N more images of the
+    official training set, outside train and validation (``fashion_mnist.build_unlabeled``).
+    """
+    if spec is None or not spec.startswith("auto"):
+        return spec
+    n = int(spec.split(":", 1)[1]) if ":" in spec else 20000
+    sys.path.insert(0, str(HERE.parent))
+    if task == "fashion-mnist":
+        from benchmarks.data.fashion_mnist import build_unlabeled  # noqa: PLC0415
+
+        path = build_unlabeled(CACHE / "data" / "fashion-mnist-unlabeled", size=n)
+    elif task == "debian-sections":
+        import csv
+        import random
+
+        from benchmarks.data.debian_corpus import build  # noqa: PLC0415
+
+        corpus = CACHE / "data" / "debian-unlabeled-all.csv"
+        if not corpus.is_file():
+            corpus.parent.mkdir(parents=True, exist_ok=True)
+            build(corpus, [str(DATA / "debian-sections" / f"{s}.csv") for s in ("train", "validation", "test")])
+        path = CACHE / "data" / f"debian-unlabeled-{n}.csv"
+        if not path.is_file():
+            with open(corpus, newline="", encoding="utf-8") as f:
+                texts = [r["text"] for r in csv.DictReader(f)]
+            random.Random(0).shuffle(texts)
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["text"])
+                w.writerows([t] for t in texts[:n])
+    else:
+        raise SystemExit(f"real_tasks: --unlabeled auto has no rows for {task}; pass a CSV")
+    log(f"unlabeled: {path}")
+    return str(path)
+
+
 # --------------------------------------------------------------------------------------------- the teacher
 def fine_tuned_teacher(task: str, spec: dict, data, cache: Path, log) -> Path:
     """``zoo teacher`` on the task, cached under ``cache/teacher-<digest of its settings>``.
@@ -301,7 +341,12 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-max-length", type=int, default=None, help="text teacher tokens (0: its own limit)")
     ap.add_argument("--recipe", default="user", help="the zoo distill recipe (default: the user-data recipe)")
     ap.add_argument("--student", default=None)
-    ap.add_argument("--unlabeled", default=None, help="CSV of rows only the teacher labels (zoo distill --unlabeled)")
+    ap.add_argument(
+        "--unlabeled",
+        default=None,
+        help="rows only the teacher labels (zoo distill --unlabeled): a CSV, or auto:N for N of the task's own "
+        "(debian-sections: other Debian descriptions; fashion-mnist: other training images)",
+    )
     ap.add_argument("--out", default=None, help="zoo distill output folder (default: under --cache)")
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--rounds", type=int, default=60)
@@ -402,7 +447,7 @@ def main(argv=None) -> int:
             student=a.student,
             overrides=overrides,
             resume=a.resume,
-            unlabeled=a.unlabeled,
+            unlabeled=unlabeled_source(a.task, a.unlabeled, data, log),
             overwrite=not a.resume,
         )
     metrics = json.loads((out / "metrics.json").read_text())

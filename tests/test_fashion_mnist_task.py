@@ -4,6 +4,7 @@ The data tests need Debian's dataset-fashion-mnist, the teacher test the PyPI pa
 scikit-image for its sample photo); each is skipped cleanly without them. Nothing is downloaded.
 """
 
+import csv
 import importlib.util
 import json
 from collections import Counter
@@ -49,6 +50,22 @@ def test_build_folder_is_a_stratified_task_zoo_loads_and_reuses(tmp_path):
     fm.build_folder(folder, train_size=20, validation_size=20, test_size=20)
     assert json.loads((folder / fm.BUILD_FILE).read_text())["train_size"] == 20
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+@pytest.mark.slow
+@needs_debian
+def test_unlabeled_images_are_outside_the_task_and_load_for_distill(tmp_path):
+    from zoo import data as zdata
+    from zoo.data import load_unlabeled
+
+    folder = fm.build_folder(tmp_path / "task", train_size=40, validation_size=20, test_size=20)
+    csv_path = fm.build_unlabeled(tmp_path / "unl", size=30, train_size=40, validation_size=20)
+    data = zdata.load(folder)
+    extra = load_unlabeled(csv_path, data)
+    assert len(extra) == 30 and all(s["label"] is None for s in extra)
+    task_images = {s["id"] for split in ("train", "validation") for s in data.splits[split]}
+    names = {Path(r["image"]).stem for r in csv.DictReader(open(csv_path, encoding="utf-8"))}
+    assert len(names) == 30 and not names & task_images
 
 
 @pytest.mark.slow

