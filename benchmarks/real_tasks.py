@@ -158,7 +158,7 @@ def frozen_encoder_lr(encoder_path: str, modality: str, train, val, test, cache:
     return {"accuracy": r["accuracy"], "C": r["C"]}
 
 
-def unlabeled_source(task: str, spec: str | None, data, log) -> str | None:
+def unlabeled_source(task: str, spec: str | None, log) -> str | None:
     """``--unlabeled``: a path as given, or ``auto:N``: N in-domain rows outside the task's splits, built once.
 
     debian-sections: Debian descriptions with the task's train, validation and test rows and their near copies
@@ -447,7 +447,7 @@ def main(argv=None) -> int:
             student=a.student,
             overrides=overrides,
             resume=a.resume,
-            unlabeled=unlabeled_source(a.task, a.unlabeled, data, log),
+            unlabeled=unlabeled_source(a.task, a.unlabeled, log),
             overwrite=not a.resume,
         )
     metrics = json.loads((out / "metrics.json").read_text())
