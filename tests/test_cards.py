@@ -230,10 +230,3 @@ def test_accuracy_vs_latency_marks_the_runtime_and_puts_hardware_at_its_fitted_l
     assert points["onnx_int8"]["runtime"] == "onnxruntime" and points["int8"]["runtime"] == "torch"
     assert points["hardware"]["runtime"] == "onnxruntime" and points["hardware"]["latency"] == 0.3
     assert points["raw_student"]["label"] == "raw student (no distillation)"
-
-
-def test_training_curves_legend_names_stages_and_the_baseline_apart():
-    from zoo.plots import BASELINE_LABEL, phase_label
-
-    assert phase_label("prune-a0") == "prune" and phase_label("prune-a1") == "prune, attempt 2"
-    assert phase_label("raw_student") == BASELINE_LABEL and phase_label("soft_distill") == "soft_distill"
