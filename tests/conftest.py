@@ -68,3 +68,19 @@ def forbid_unpickling(monkeypatch):
         monkeypatch.setattr(torch, "load", boom)
 
     return arm
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The matplotlib figures the code under test draws, kept open (``plt.close`` is a no-op) so a test can read
+    their axes, lines and legends instead of pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    yield figures
+    for fig in figures:
+        close(fig)

@@ -232,8 +232,34 @@ def test_accuracy_vs_latency_marks_the_runtime_and_puts_hardware_at_its_fitted_l
     assert points["raw_student"]["label"] == "raw student (no distillation)"
 
 
-def test_training_curves_legend_names_stages_and_the_baseline_apart():
-    from zoo.plots import BASELINE_LABEL, phase_label
+def test_accuracy_vs_latency_draws_one_marker_per_runtime_and_the_onnx_fp32_point(tmp_path, drawn_figures):
+    from zoo.cards import plot_accuracy_vs_latency
 
-    assert phase_label("prune-a0") == "prune" and phase_label("prune-a1") == "prune, attempt 2"
-    assert phase_label("raw_student") == BASELINE_LABEL and phase_label("soft_distill") == "soft_distill"
+    models = {
+        **MODELS,
+        "teacher": {**MODELS["teacher"], "latency_ms": 60.0},  # 60 / 0.4: a log axis
+        "onnx_fp32": {"accuracy": 0.84, "latency_ms": 0.9, "runtime": "onnxruntime"},
+        "onnx_int8": {"accuracy": 0.83, "latency_ms": 0.4, "runtime": "onnxruntime"},
+    }
+    plot_accuracy_vs_latency({"models": models}, tmp_path / "a.png")
+    ax = drawn_figures[-1].axes[0]
+    handles = dict(zip([t.get_text() for t in ax.get_legend().get_texts()], ax.get_legend().legend_handles))
+    markers = {label: h.get_marker() for label, h in handles.items() if label}
+    assert markers["torch eager"] == "o" and markers["ONNX Runtime"] == "s"
+    assert {markers[k] for k in ("teacher", "distilled student", "pruned + KD recovery", "int8")} == {"o"}
+    assert markers["ONNX fp32"] == markers["ONNX int8"] == "s"
+    drawn = {tuple(c.get_offsets()[0]) for c in ax.collections}
+    assert (0.9, 84.0) in drawn and len(drawn) == len(models)  # every model a point of its own
+    # labels: in the legend, never on the axes; log-axis ticks as plain numbers, minor ticks unlabelled
+    assert [t.get_text()[:19] for t in ax.texts] == ["int8 in torch eager"]  # the note under the axes only
+    assert ax.get_xscale() == "log" and not [t for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert shown and all(re.fullmatch(r"[0-9.]+", t) for t in shown)
+
+    # an export without --data measured its latency only: a line at that latency, no made-up accuracy
+    models["onnx_fp32"] = {"accuracy": None, "latency_ms": 0.9, "runtime": "onnxruntime"}
+    plot_accuracy_vs_latency({"models": models}, tmp_path / "b.png")
+    ax = drawn_figures[-1].axes[0]
+    assert [list(ln.get_xdata()) for ln in ax.get_lines()] == [[0.9, 0.9]]
+    assert "ONNX fp32 (accuracy not measured)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(ax.collections) == len(models) - 1

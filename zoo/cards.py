@@ -346,30 +346,35 @@ RUNTIME_MARKERS = {"torch": ("o", "torch eager"), "onnxruntime": ("s", "ONNX Run
 
 
 def latency_points(metrics: dict) -> list[dict]:
-    """The accuracy-vs-latency points: one per model with both numbers, on the runtime its latency was measured
-    with. The hardware student sits at its fitted runtime's latency (``latency_budget``) when it was fitted to one."""
+    """The accuracy-vs-latency points: one per model with a latency, on the runtime it was measured with
+    (``accuracy`` None when it was not measured, e.g. ``zoo export --onnx`` without ``--data``). The hardware
+    student sits at its fitted runtime's latency (``latency_budget``) when it was fitted to one."""
     points = []
     for key in ordered((metrics.get("models") or {}).keys()):
         e = metrics["models"][key]
-        if not isinstance(e, dict) or _num(e.get("accuracy")) is None:
+        if not isinstance(e, dict):
             continue
         latency, runtime = _num(e.get("latency_ms")), e.get("runtime") or "torch"
         fit = e.get("latency_budget") if isinstance(e.get("latency_budget"), dict) else {}
         if fit.get("runtime") in RUNTIME_MARKERS and _num(fit.get("latency_ms")) is not None:
             latency, runtime = float(fit["latency_ms"]), fit["runtime"]
-        if latency is not None:
-            points.append({"key": key, "label": model_label(key), "latency": latency, "accuracy": 100 * e["accuracy"],
+        accuracy = _num(e.get("accuracy"))
+        if latency is not None and latency > 0:
+            points.append({"key": key, "label": model_label(key), "latency": latency,
+                           "accuracy": None if accuracy is None else 100 * accuracy,
                            "runtime": runtime if runtime in RUNTIME_MARKERS else "torch"})  # fmt: skip
     return points
 
 
 def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | None:
     """Scatter of accuracy against batch-1 latency: one colour per model (named in the legend, so no label
-    overlaps another) and one marker per runtime (torch eager or ONNX Runtime). None when no model has both."""
+    overlaps another) and one marker per runtime (torch eager or ONNX Runtime); a model whose accuracy was not
+    measured is a dotted vertical line at its latency. None when no model has an accuracy and a latency."""
     points = latency_points(metrics)
-    if not points:
+    if not any(p["accuracy"] is not None for p in points):
         return None
     from matplotlib.lines import Line2D  # matplotlib loads only when a plot is drawn
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     with png_figure(path, figsize=(8, 4.2), dpi=100) as (_, ax):
         palette = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey: the runtime keys' colour
@@ -377,6 +382,11 @@ def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | N
         handles = []
         for p, colour in zip(points, colours):
             marker = RUNTIME_MARKERS[p["runtime"]][0]
+            if p["accuracy"] is None:  # latency only: where it would sit, not a made-up accuracy
+                ax.axvline(p["latency"], color=colour, ls=":", lw=1.5)
+                handles.append(Line2D([], [], marker=marker, color=colour, ls=":", markersize=7,
+                                      label=f"{p['label']} (accuracy not measured)"))  # fmt: skip
+                continue
             ax.scatter([p["latency"]], [p["accuracy"]], s=60, marker=marker, color=colour, edgecolor="black", lw=0.5)
             handles.append(Line2D([], [], marker=marker, color=colour, ls="", markersize=7, label=p["label"]))
         runtimes = [r for r in RUNTIME_MARKERS if any(p["runtime"] == r for p in points)]
@@ -389,8 +399,11 @@ def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | N
             if len(runtimes) > 1
         ]
         latencies = [p["latency"] for p in points]
-        if max(latencies) / max(min(latencies), 1e-9) > 20:
-            ax.set_xscale("log")
+        if max(latencies) / min(latencies) > 20:
+            ax.set_xscale("log")  # ticks at 1, 2, 5 x 10^k written as plain numbers: no crowded 3x10^0 labels
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.1, y=0.1)
         ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.set_xlabel("latency (ms, batch 1, 1 thread)")

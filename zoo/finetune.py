@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import time
@@ -25,7 +24,7 @@ import zoo.data
 from zoo import bench, console
 from zoo.cards import is_hub_id, write_card
 from zoo.catalogue import hub_id_for
-from zoo.plots import png_figure
+from zoo.plots import CURVES_NAME, plot_training_curves
 from zoo.recipe import ControllerSettings, DataSettings, Recipe, Stage, Stages, Temperature, TrainSettings
 from zoo.runs import JSONL_NAME, METRICS_NAME, STATE_NAME
 from zoo.train.loop import train_phase
@@ -120,19 +119,6 @@ def _carries_any(split, modalities: list[str]):
     for m in modalities:
         keep |= split.has(m)
     return split.select(np.flatnonzero(keep).tolist()) if not keep.all() else split
-
-
-def _plot_curve(history: list[dict], path: Path) -> None:
-    with png_figure(path, figsize=(6, 3.5), dpi=100) as (_, ax):
-        steps = [h["step"] for h in history]
-        for key in ("loss", "ce", "kd"):
-            if any(key in h for h in history):
-                ax.plot(steps, [h.get(key, math.nan) for h in history], label=key)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.set_title("Fine-tuning")
-        ax.legend()
-        ax.grid(alpha=0.3)
 
 
 def finetune(
@@ -254,6 +240,6 @@ def finetune(
     if (out_dir / "metrics.json").exists():
         (out_dir / "metrics.json").unlink()  # a stale metrics.json in a reused folder would mix two runs
     bench.update_metrics(out_dir, models=models, run=run)
-    _plot_curve(history, out_dir / "training_curves.png")
+    plot_training_curves(_read_jsonl(out_dir / JSONL_NAME), out_dir / CURVES_NAME)
     write_card(out_dir)
     return out_dir

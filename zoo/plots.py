@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -40,7 +41,8 @@ def png_figure(path: str | os.PathLike, nrows: int = 1, ncols: int = 1, **kwargs
     fig, axes = plt.subplots(nrows, ncols, **kwargs)
     try:
         yield fig, axes
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # a figure made with layout="constrained" lays itself out
+            fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
     finally:
@@ -48,67 +50,163 @@ def png_figure(path: str | os.PathLike, nrows: int = 1, ncols: int = 1, **kwargs
 
 
 BASELINE = "raw_student"
-BASELINE_LABEL = "raw student (baseline, no teacher)"
+BASELINE_LABEL = "raw student (baseline, no teacher; its own steps)"
+BASELINE_STYLE = {"color": "grey", "ls": "--"}
+
+# the kinds of loss a train record carries, one panel each: (title, keys); several keys share a panel when they are
+# one kind (the alignment parts, each its own line style), and "reference" / "quant" are one value under two names
+LOSS_PANELS = (
+    ("cross-entropy on the labels", ("ce",)),
+    ("KD to the teachers (KL x T²)", ("kd",)),
+    ("feature / embedding / relation alignment", ("feature", "embedding", "relation")),
+    ("KD to the stage's starting student", ("reference", "quant")),
+    ("total objective (each stage's weighted sum)", ("loss",)),
+)
+# not loss terms, or sums of the terms drawn ("distill": kd + the alignment parts)
+NOT_TERMS = {"event", "phase", "step", "global_step", "temperature", "lr", "multiplier", "distill"}
+PART_STYLES = ("-", "--", ":", "-.")
 
 
-def phase_label(phase: str) -> str:
+def phase_label(phase: str, rolled_back: bool = False) -> str:
     """A phase's legend name: the stage, without the guard's attempt suffix ("prune-a0" -> "prune"; a later
-    attempt is "prune, attempt 2")."""
+    attempt is "prune (attempt 2)"; ``rolled_back`` adds that the accuracy guard undid it)."""
     if phase == BASELINE:
         return BASELINE_LABEL
     m = re.fullmatch(r"(.+)-a(\d+)", phase)
-    if not m:
-        return phase
-    return m.group(1) if m.group(2) == "0" else f"{m.group(1)}, attempt {int(m.group(2)) + 1}"
+    name, notes = (m.group(1), [f"attempt {int(m.group(2)) + 1}"] if m.group(2) != "0" else []) if m else (phase, [])
+    notes += ["rolled back"] if rolled_back else []
+    return f"{name} ({', '.join(notes)})" if notes else name
 
 
-def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path | None:
-    """Loss, validation accuracy, temperature and KD multiplier against the step, one colour per stage.
+def _rolled_back(records: list[dict], phases: list[str]) -> set[str]:
+    """The compression attempts the accuracy guard rolled back: a stage's first n attempts when it logged n
+    rollbacks (their events carry the stage's name; a non-finite-loss rollback carries the attempt's)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.get("event") == "rollback" and "to_step" not in r:
+            counts[r.get("phase")] = counts.get(r.get("phase"), 0) + 1
+    out = set()
+    for phase in phases:
+        m = re.fullmatch(r"(.+)-a(\d+)", phase)
+        if m and int(m.group(2)) < counts.get(m.group(1), 0):
+            out.add(phase)
+    return out
 
-    The pipeline's stages are drawn against the run's step counted from its first stage; the raw-student baseline
-    (trained before them, for as many steps as the distillation stages together) is drawn apart, grey and dashed,
-    against its own step, so it overlays the distillation it is compared with. Returns the PNG path, or None when
-    there is nothing to draw.
-    """
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _terms(rs: list[dict]) -> set[str]:
+    """The loss terms a stage's train records log (not their total, not the sums of other terms)."""
+    return {k for r in rs for k, v in r.items() if k not in NOT_TERMS and k != "loss" and _num(v) and v}
+
+
+def curve_panels(records: list[dict]) -> list[dict]:
+    """What ``plot_training_curves`` draws, as data: a list of panels, each {"title", "yscale", "lines": [{"phase",
+    "label", "key", "x", "y", "baseline"}]}. Stages are against the run's step counted from the first stage; the
+    raw-student baseline, trained before them, against its own step, and only in the panels that compare it with
+    them (cross-entropy and validation accuracy)."""
     train = [r for r in records if r.get("event") == "train"]
-    evals = [r for r in records if r.get("event") == "eval"]
-    if not train:
-        return None
+    evals = [r for r in records if r.get("event") == "eval" and _num(r.get("val_accuracy"))]
     phases = list(dict.fromkeys(r["phase"] for r in train))
+    phases = [p for p in phases if p != BASELINE] + [p for p in phases if p == BASELINE]  # baseline last
     offset = max((r["global_step"] for r in records if r.get("phase") == BASELINE and "global_step" in r), default=0)
+    undone = _rolled_back(records, phases)
 
     def x(r: dict) -> int:
         return r["step"] if r["phase"] == BASELINE else r["global_step"] - offset
 
+    def line(phase: str, key: str, rs: list[dict], value) -> dict | None:
+        pts = [(x(r), value(r)) for r in rs if _num(value(r))]
+        if not pts:
+            return None
+        label = phase_label(phase, phase in undone)
+        return {"phase": phase, "label": label, "key": key, "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+                "baseline": phase == BASELINE}  # fmt: skip
+
+    by_phase = {p: [r for r in train if r["phase"] == p] for p in phases}
+    panels = []
+    known = {k for _, keys in LOSS_PANELS for k in keys}
+    others = sorted({k for r in train for k, v in r.items() if k not in NOT_TERMS | known and _num(v)})
+    for title, keys in (*LOSS_PANELS, (f"other loss terms ({', '.join(others)})", tuple(others))):
+        lines = []
+        for phase, rs in by_phase.items():
+            if phase == BASELINE and keys != ("ce",):
+                continue  # the baseline's total is its CE; it has no teacher terms
+            if keys == ("reference", "quant"):  # one value, logged under each name the stage weights
+                lines.append(line(phase, "reference", rs, lambda r: r.get("reference", r.get("quant"))))
+                continue
+            if keys == ("loss",) and len(_terms(rs)) < 2:
+                continue  # a stage of one term: its total is that term, drawn in the term's panel
+            lines += [line(phase, k, rs, lambda r, k=k: r.get(k)) for k in keys]
+        lines = [ln for ln in lines if ln is not None and any(ln["y"])]  # an all-zero term was not weighted
+        if lines:
+            ys = [v for ln in lines for v in ln["y"]]
+            log = min(ys) > 0 and max(ys) > 10 * min(ys)  # a log scale when the values span a decade
+            panels.append({"title": title, "yscale": "log" if log else "linear", "lines": lines})
+    acc = [line(p, "val_accuracy", [r for r in evals if r["phase"] == p], lambda r: 100 * r["val_accuracy"])
+           for p in phases]  # fmt: skip
+    if any(acc):
+        panels.append({"title": "validation accuracy (%)", "yscale": "linear", "lines": [a for a in acc if a]})
+    sched = []
+    for phase, rs in by_phase.items():
+        if _terms(rs) & {"kd", "distill", "reference", "quant"}:  # the stages T applies to (not the baseline's)
+            sched += [line(phase, "temperature", rs, lambda r: r.get("temperature") or None),
+                      line(phase, "multiplier", rs, lambda r: r.get("multiplier"))]  # fmt: skip
+    if any(sched):
+        panels.append(
+            {"title": "temperature T and KD multiplier", "yscale": "linear", "lines": [s for s in sched if s]}
+        )
+    return panels
+
+
+def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path | None:
+    """The run's curves from its ``metrics.jsonl`` records: one panel per kind of loss (cross-entropy, KD to the
+    teachers, alignment, KD to the starting student, the total objective), validation accuracy, and temperature /
+    KD multiplier; one colour per stage, named in one legend below the panels; the raw-student baseline grey and
+    dashed, against its own step (see ``curve_panels``). Returns the PNG path, or None when there is nothing to draw.
+    """
+    panels = curve_panels(records)
+    if not panels:
+        return None
+    from matplotlib.lines import Line2D  # matplotlib loads only when a plot is drawn
+    from matplotlib.ticker import MaxNLocator
+
+    stages = dict((ln["phase"], ln["label"]) for p in panels for ln in p["lines"])
+    stages = {p: stages[p] for p in [p for p in stages if p != BASELINE] + [p for p in stages if p == BASELINE]}
+    palette = [f"C{k}" for k in range(10) if k != 7]  # C7 is grey: the baseline's
+    colours = {p: palette[j % len(palette)] for j, p in enumerate(p for p in stages if p != BASELINE)}
+    styles = {p: BASELINE_STYLE if p == BASELINE else {"color": colours[p]} for p in stages}
+    n = len(panels)
+    ncols = n if n <= 3 else 2 if n == 4 else 3 if n <= 6 else 4
+    nrows = math.ceil(n / ncols)
     path = Path(path)
-    with png_figure(path, 1, 3, figsize=(15, 4), dpi=100) as (_, axes):
-        colour = iter(f"C{i}" for i in range(100))
-        for phase in [p for p in phases if p != BASELINE] + [p for p in phases if p == BASELINE]:
-            rs = [r for r in train if r["phase"] == phase]
-            name = phase_label(phase)
-            style = {"color": "grey", "ls": "--"} if phase == BASELINE else {"color": next(colour)}
-            axes[0].plot([x(r) for r in rs], [r["loss"] for r in rs], label=name, **style)
-            es = [r for r in evals if r["phase"] == phase and r.get("val_accuracy") is not None]
-            if es:
-                axes[1].plot([x(r) for r in es], [100 * r["val_accuracy"] for r in es], marker="o", label=name, **style)
-            if phase == BASELINE:
-                continue  # no teacher: no temperature, no KD multiplier
-            if any(r.get("temperature") for r in rs):
-                axes[2].plot([x(r) for r in rs], [r.get("temperature") for r in rs], label=f"T, {name}", **style)
-            if any(r.get("multiplier") is not None for r in rs):
-                axes[2].step(
-                    [x(r) for r in rs],
-                    [r.get("multiplier") for r in rs],
-                    where="post",
-                    label=f"KD x, {name}",
-                    ls=":",
-                    color=style["color"],
-                )
-        axes[0].set(title="training loss (each stage's own loss)", xlabel="step", yscale="log")
-        axes[1].set(title="validation accuracy (%)", xlabel="step")
-        axes[2].set(title="temperature and KD multiplier", xlabel="step")
-        for ax in axes:
+    size = (5 * ncols, 3.4 * nrows + 0.6)
+    with png_figure(path, nrows, ncols, figsize=size, dpi=100, squeeze=False, layout="constrained") as (fig, axes):
+        axes = list(axes.flat)
+        for ax in axes[n:]:
+            ax.set_visible(False)
+        for ax, panel in zip(axes, panels):
+            keys = list(dict.fromkeys(ln["key"] for ln in panel["lines"]))
+            for ln in panel["lines"]:
+                style = dict(styles[ln["phase"]])
+                if len(keys) > 1:
+                    style["ls"] = PART_STYLES[keys.index(ln["key"]) % len(PART_STYLES)]
+                if ln["key"] == "val_accuracy" or len(ln["x"]) < 3:  # a line of one point draws nothing
+                    style.update(marker="o", ms=4)
+                if ln["key"] == "multiplier":
+                    ax.step(ln["x"], ln["y"], where="post", **style)
+                else:
+                    ax.plot(ln["x"], ln["y"], **style)
+            if len(keys) > 1:  # the terms sharing this panel: line styles, in black
+                names = {"temperature": "T", "multiplier": "KD multiplier"}
+                ax.legend(handles=[Line2D([], [], color="black", ls=PART_STYLES[j % len(PART_STYLES)],
+                                          label=names.get(k, k)) for j, k in enumerate(keys)], fontsize=7)  # fmt: skip
+            ax.set(title=panel["title"], xlabel="step", yscale=panel["yscale"])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+            ax.title.set_fontsize(10)
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+        handles = [Line2D([], [], lw=2, label=label, **styles[p]) for p, label in stages.items()]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
     return path

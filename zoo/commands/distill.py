@@ -46,10 +46,19 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             allow_outside_paths=args.allow_outside_paths,
         )
     except StopRun as e:
-        print(f"zoo distill: {e}", file=sys.stderr)
+        if _is_main_process():
+            print(f"zoo distill: {e}", file=sys.stderr)
         return 3
-    print(f"zoo distill: done in {time.perf_counter() - t0:.0f}s", flush=True)
+    if _is_main_process():  # one line for a run of several processes
+        print(f"zoo distill: done in {time.perf_counter() - t0:.0f}s", flush=True)
     return 0
+
+
+def _is_main_process() -> bool:
+    """Whether this is the run's main process (after a run: accelerate's state is set up by then)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def add_cli(sub) -> None:

@@ -27,7 +27,10 @@ import copy
 import json
 import os
 import shutil
+import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -67,6 +70,38 @@ def _launched_processes() -> int:
     return max(int(os.environ.get(n) or 1) for n in names)
 
 
+DDP_UNUSED_NOTE = "find_unused_parameters=True was specified in DDP constructor"
+# a conv weight with one input channel ([C, 1, k, k], the grey-image patch embedding) gets its gradient with another
+# stride on that size-1 dimension than DDP's bucket: the same memory layout, so no slower; torch warns all the same
+DDP_STRIDES_NOTE = "Grad strides do not match bucket view strides"
+
+
+def _quiet_ddp_notes(device) -> None:
+    """Silence the two notes every process of a DDP run prints once, which the user cannot act on.
+
+    ``DDP_STRIDES_NOTE`` is a Python warning: filtered. ``DDP_UNUSED_NOTE``: the runs need
+    ``find_unused_parameters=True`` (which projectors and encoders take part depends on the stage and on the
+    modalities in each batch), and in a step where all take part (any mixed_distill step) torch's reducer writes
+    that note from C++ to stderr, out of reach of Python's warning filters. It is written once per process
+    (``TORCH_WARN_ONCE``), so one forward of a throwaway DDP module, with stderr captured, spends it; anything
+    else written meanwhile is passed on. Collective: every process calls it at the same point.
+    """
+    warnings.filterwarnings("ignore", message=DDP_STRIDES_NOTE, category=UserWarning)
+    probe = nn.parallel.DistributedDataParallel(nn.Linear(1, 1).to(device), find_unused_parameters=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            probe(torch.zeros(1, 1, device=device))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        other = [line for line in f.read().decode(errors="replace").splitlines(True) if DDP_UNUSED_NOTE not in line]
+    sys.stderr.write("".join(other))
+
+
 class Run:
     """One ``zoo distill`` run: holds the accelerator, data, teachers, student and the output folder."""
 
@@ -101,6 +136,8 @@ class Run:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         self.is_main = self.accelerator.is_main_process
+        if self.accelerator.num_processes > 1:
+            _quiet_ddp_notes(self.accelerator.device)
         hf_logging.disable_progress_bar()  # per-file load / save bars of the teachers drown the run's own log
         self.timings: dict[str, float] = {}
         self.stage_log: list[dict] = []
