@@ -189,6 +189,19 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[
     return batches
 
 
+def _report_truncation(lengths: list[int], max_length: int, name: str, log) -> None:
+    """One line when --max-length cuts a fair share of the train texts: how many, and their length percentiles."""
+    cut = sum(n > max_length for n in lengths) / len(lengths)
+    if cut < 0.05:
+        return
+    ordered = sorted(lengths)
+    p50, p90 = ordered[len(ordered) // 2], ordered[min(int(0.9 * len(ordered)), len(ordered) - 1)]
+    log(
+        f"zoo teacher: {name}: {100 * cut:.0f}% of the train texts are longer than --max-length {max_length} tokens "
+        f"(median {p50}, 90th percentile {p90}) and are cut; a larger --max-length reads more of them at more cost"
+    )
+
+
 def _text_lengths(teacher: Teacher, rows: list[dict]) -> list[int] | None:
     """Token counts of the rows' texts under the teacher's tokenizer (None for other modalities)."""
     processor = getattr(getattr(teacher, "processors", None), "processor", None)
@@ -253,7 +266,10 @@ def _fit(
     eval_every = per_epoch if s.epochs >= 1 else total
     bar = Progress(total, state["step"], f"teacher {dst.name}", log, progress)
     labels = torch.tensor([int(x["label"]) for x in train])
-    lengths = _text_lengths(teacher, train) if s.group_by_length else None
+    lengths = _text_lengths(teacher, train)
+    if lengths and s.max_length:
+        _report_truncation(lengths, s.max_length, dst.name, log)
+    lengths = lengths if s.group_by_length else None
     batches, batches_epoch = None, None
     while state["step"] < total:
         step = state["step"]

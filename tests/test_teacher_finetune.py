@@ -164,6 +164,17 @@ def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
     ]
 
 
+def test_zoo_teacher_says_when_max_length_cuts_the_texts():
+    from zoo.teachers.finetune import _report_truncation
+
+    lines = []
+    _report_truncation([10] * 60 + [100] * 40, 64, "t", lines.append)
+    assert lines and "40% of the train texts are longer than --max-length 64" in lines[0] and "median 100" in lines[0]
+    lines.clear()
+    _report_truncation([10] * 99 + [100], 64, "t", lines.append)  # 1% cut: not worth a line
+    assert not lines
+
+
 def test_zoo_teacher_names_a_missing_model_folder(task, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "teacher", str(tmp_path / "nope"), "--data", str(task),
                            "--out", str(tmp_path / "t")], capture_output=True, text=True, env=_env())  # fmt: skip
