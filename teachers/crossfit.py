@@ -101,6 +101,10 @@ class CrossFitTeacher(nn.Module):
     def carries(self, sample: dict) -> bool:
         return self.folds[0].carries(sample)
 
+    def truncated(self, samples: Sequence[dict]) -> int:
+        """The most rows any fold's preprocessing cuts (folds may carry their own tokenizers)."""
+        return max(t.truncated(samples) for t in self.folds)
+
     def _check_layers(self, layers: Sequence[str] | None) -> list[str]:
         if layers:
             raise ValueError(

@@ -183,3 +183,37 @@ def test_package_data_carries_shipped_folders():
             folder = catalogue.shipped_folder(entry)
             for f in folder.iterdir():
                 assert any(fnmatch.fnmatch(f"{entry['folder']}/{f.name}", p) for p in patterns), f
+
+
+@pytest.mark.slow
+def test_distill_starts_from_a_pretrained_student_and_its_baseline_from_a_blank_copy(
+    shipped, pretrained, label_csv, tmp_path
+):
+    """student_init=NAME: the distilled student is the shipped student's trunk (with its tokenizer) under a fresh
+    label head; the raw-student baseline has the same architecture and tokenizer, freshly initialised."""
+    from zoo.train.run import distill
+
+    overrides = [
+        f"student_init={NAME}", "student=hybrid_test", "data.batch_size=8", "train.latency_repeats=1",
+        "stages.pretrain=null", "stages.soft_distill.steps=2", "stages.soft_distill.lr=1e-9",
+        "stages.mixed_distill=null", "stages.prune=null", "stages.quant_finetune=null", "stages.hardware_adapt=null",
+        "teacher_training.steps=2", "teacher_training.hidden_size=32", "teacher_training.num_layers=1",
+        "teacher_training.num_heads=2", "teacher_training.intermediate_size=64", "data.label_fraction=1.0",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    distill("quickstart", out, data=str(label_csv), overrides=overrides, progress=False)
+    distilled, raw = zoo.load(str(out)), zoo.load(str(out / "raw_student"))
+    start = _trunk(zoo.load(str(pretrained)))
+    assert distilled.config.tasks == {"label": 2} and raw.config.tasks == {"label": 2}
+    assert distilled.tokenizer.get_vocab() == raw.tokenizer.get_vocab() == zoo.load(NAME).tokenizer.get_vocab()
+    tuned, blank = _trunk(distilled), _trunk(raw)
+    assert set(tuned) == set(start) == set(blank)
+    assert max((tuned[k] - start[k]).abs().max().item() for k in tuned) < 1e-4  # two steps at lr 1e-9
+    assert min((blank[k] - start[k]).abs().max().item() for k in blank if blank[k].numel() > 1) > 0.1
+
+
+def test_student_init_names_a_student_or_is_refused():
+    from zoo.recipe import load_recipe
+
+    with pytest.raises(ValueError, match="student_init="):
+        load_recipe("user", ["student_init=no-such-student"])

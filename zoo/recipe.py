@@ -430,7 +430,9 @@ class Recipe:
     # with tokenizer "teacher": keep only the teacher's tokens the train (+ unlabeled) texts use, and every character
     trim_vocabulary: bool = True
     # "teacher": the student's token embeddings start from the text teacher's (its outputs per token, PCA to the
-    # student's width; the raw-student baseline still starts from random); "random": a blank student
+    # student's width; the raw-student baseline still starts from random); "random": a blank student; a pretrained
+    # student (a `zoo list` name such as hybrid-tiny-text, a hub id or a folder): its weights and tokenizer, with a
+    # fresh head for the data's labels (the raw-student baseline: the same architecture and tokenizer, blank)
     student_init: str = "random"
     data: DataSettings = field(default_factory=DataSettings)
     teachers: dict[str, str] = field(default_factory=dict)
@@ -447,8 +449,12 @@ class Recipe:
             close = difflib.get_close_matches(self.student, list_models(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise BadValue("student", self.student, f"not a registered student.{hint} Registered: {list_models()}.")
-        if self.student_init not in ("random", "teacher"):
-            raise BadValue("student_init", self.student_init, "use 'random' or 'teacher'.")
+        if self.student_init not in ("random", "teacher") and not _names_a_student(self.student_init):
+            raise BadValue(
+                "student_init",
+                self.student_init,
+                "use 'random', 'teacher', or a pretrained student: a `zoo list` name, a hub id (org/name) or a folder.",
+            )
         if not self.stages.active():
             raise BadValue(
                 "stages",
@@ -474,6 +480,15 @@ def _strip_optional(tp):
             return args[0], True
     return tp, False
 
+
+
+def _names_a_student(value: str) -> bool:
+    """A catalogue name, an existing folder, or something shaped like a hub id (checked when the run loads it)."""
+    from zoo.catalogue import find
+
+    if os.path.isdir(os.path.expanduser(value)) or find(value) is not None:
+        return True
+    return value.count("/") == 1 and not value.startswith((".", "/", "~"))
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-4, 5E3, 2.5e-5: numbers YAML 1.1 misses
 

@@ -242,6 +242,8 @@ class Run:
                 "distill ...` instead."
             )
         set_seed(r.seed)
+        if isinstance(data, (str, os.PathLike)):  # a source, as `zoo distill --data` takes it
+            data = zdata.load(data, seed=r.seed, **self.data_options)
         self.data = data if data is not None else _load_data(r, **self.data_options)
         if self.data.report.problems:
             self.log(f"data: skipped {self.data.report.skipped_rows} row(s) with problems:\n{self.data.report}")
@@ -363,8 +365,11 @@ class Run:
 
     def new_student(self, inherit: bool = True):
         """A freshly initialised student (seeded), with the run's tokenizer; ``student_init: teacher`` (and
-        ``inherit``) starts its token embeddings from the text teacher's."""
+        ``inherit``) starts its token embeddings from the text teacher's; ``student_init: <pretrained student>``
+        (and ``inherit``) is that student with a fresh head for the labels, else (the raw baseline) a blank copy."""
         r = self.recipe
+        if r.student_init not in ("random", "teacher"):
+            return self._pretrained_student(inherit)
         overrides = copy.deepcopy(r.student_overrides)
         id2label = {str(k): v for k, v in self.data.id2label.items()}
         kwargs, kept = {}, None
@@ -384,6 +389,38 @@ class Run:
         elif "text" in student.config.modalities and inherit and r.student_init == "teacher":
             inherit_token_embeddings(student, self.teachers.get("text"), kept, self.log)
         return student
+
+    def _pretrained_student(self, inherit: bool):
+        """``student_init: NAME``: the pretrained student (``zoo.load``: catalogue name, hub id or folder) with a
+        fresh ``label`` head sized to the data (its pretraining head dropped), its own tokenizer; ``inherit=False``:
+        the same architecture, config and tokenizer, freshly initialised (the raw-student baseline)."""
+        import zoo
+        from zoo.finetune import replace_heads_for_labels
+
+        r = self.recipe
+        pre = zoo.load(r.student_init)
+        missing = [m for m in self.modalities if m not in pre.config.modalities]
+        if missing:
+            raise ValueError(
+                f"student_init={r.student_init}: that student takes {pre.config.modalities}, the data also carries "
+                f"{missing}; use student_init=teacher or a pretrained student for every modality."
+            )
+        if pre.config.quantization:
+            raise ValueError(f"student_init={r.student_init} is an int8 student; start from its float version.")
+        arch = getattr(pre.config, "architecture", None)
+        if inherit and arch and arch != r.student:
+            self.log(f"student_init: {r.student_init} is a {arch}; the run's student is that, not {r.student}")
+        if inherit and r.student_overrides:
+            self.log(f"student_init: {r.student_init} keeps its own config; student_overrides are not applied")
+        id2label = {str(k): str(v) for k, v in self.data.id2label.items()}
+        replace_heads_for_labels(pre, id2label)
+        if inherit:
+            self.log(f"student_init: the weights and tokenizer of {r.student_init} (a fresh head for the labels)")
+            return pre
+        blank = type(pre)(copy.deepcopy(pre.config))
+        if pre.tokenizer is not None:
+            blank.set_tokenizer(pre.tokenizer)
+        return blank
 
     def _teacher_cache(self) -> dict:
         """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
