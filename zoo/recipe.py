@@ -481,7 +481,6 @@ def _strip_optional(tp):
     return tp, False
 
 
-
 def _names_a_student(value: str) -> bool:
     """A catalogue name, an existing folder, or something shaped like a hub id (checked when the run loads it)."""
     from zoo.catalogue import find
@@ -489,6 +488,7 @@ def _names_a_student(value: str) -> bool:
     if os.path.isdir(os.path.expanduser(value)) or find(value) is not None:
         return True
     return value.count("/") == 1 and not value.startswith((".", "/", "~"))
+
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-4, 5E3, 2.5e-5: numbers YAML 1.1 misses
 
