@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     b = text_baseline(train, val, test)
     results["baseline"] = {"accuracy": b["accuracy"], "note": f"TF-IDF + LR, C={b['C']}"}
     fe = frozen_encoder_lr(spec["teacher"](), "text", train, val, test, Path(a.cache) / a.task)
-    results["teacher_probe"] = {"accuracy": fe["accuracy"], "note": f"frozen all-MiniLM-L6-v2 + LR, C={fe['C']}"}
+    note = f"frozen all-MiniLM-L6-v2 (128 tokens) + LR, C={fe['C']}"
+    results["teacher_probe"] = {"accuracy": fe["accuracy"], "note": note}
     log(f"baseline {100 * b['accuracy']:.2f}%, teacher probe {100 * fe['accuracy']:.2f}%")
 
     student = zoo.load(a.student)

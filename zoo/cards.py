@@ -660,6 +660,7 @@ def _setting_notes(run: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------- pretrained students
 PRETRAINING_NAME = "pretraining.json"  # written by scripts/pretrain_*.py
 EVALUATION_NAME = "evaluation.json"  # written by benchmarks/pretrained_students.py --json
+RUNTIMES = {"torch": "torch fp32", "ort-int8": "ONNX Runtime, dynamic int8"}
 
 
 def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = None, name: str | None = None):
@@ -736,7 +737,7 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         f"| training | {fmt_value(pre.get('steps'))} steps, batch {fmt_value(settings.get('batch_size'))}, lr "
         f"{fmt_value(settings.get('lr'))}, {fmt_value(settings.get('epochs'))} epochs, max_length "
         f"{fmt_value(settings.get('max_length'))} tokens, seed {fmt_value(settings.get('seed'))} |",
-        f"| teacher targets | {escape(settings.get('teacher_runtime', NA))} |",
+        f"| teacher targets | the teacher run in {escape(RUNTIMES.get(settings.get('teacher_runtime'), NA))} |",
         f"| held-out agreement | mean cosine {fmt_value(pre.get('held_out_cosine'))} with the teacher's embedding |",
         f"| time | {fmt_value(pre.get('seconds'))} s on one CPU thread |",
         "",
