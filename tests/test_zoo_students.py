@@ -189,12 +189,13 @@ def test_package_data_carries_shipped_folders():
 def test_distill_starts_from_a_pretrained_student_and_its_baseline_from_a_blank_copy(
     shipped, pretrained, label_csv, tmp_path
 ):
-    """student_init=NAME: the distilled student is the shipped student's trunk (with its tokenizer) under a fresh
-    label head; the raw-student baseline has the same architecture and tokenizer, freshly initialised."""
+    """student_init=auto picks the shipped student of this architecture and modalities: the distilled student is its
+    trunk (with its tokenizer) under a fresh label head; the raw-student baseline has the same architecture and
+    tokenizer, freshly initialised."""
     from zoo.train.run import distill
 
     overrides = [
-        f"student_init={NAME}", "student=hybrid_test", "data.batch_size=8", "train.latency_repeats=1",
+        "student_init=auto", "student=hybrid_test", "data.batch_size=8", "train.latency_repeats=1",
         "stages.pretrain=null", "stages.soft_distill.steps=2", "stages.soft_distill.lr=1e-9",
         "stages.mixed_distill=null", "stages.prune=null", "stages.quant_finetune=null", "stages.hardware_adapt=null",
         "teacher_training.steps=2", "teacher_training.hidden_size=32", "teacher_training.num_layers=1",
@@ -202,6 +203,7 @@ def test_distill_starts_from_a_pretrained_student_and_its_baseline_from_a_blank_
     ]  # fmt: skip
     out = tmp_path / "run"
     distill("quickstart", out, data=str(label_csv), overrides=overrides, progress=False)
+    assert f"student_init: auto -> {NAME}" in (out / "run.log").read_text()
     distilled, raw = zoo.load(str(out)), zoo.load(str(out / "raw_student"))
     start = _trunk(zoo.load(str(pretrained)))
     assert distilled.config.tasks == {"label": 2} and raw.config.tasks == {"label": 2}
@@ -217,3 +219,13 @@ def test_student_init_names_a_student_or_is_refused():
 
     with pytest.raises(ValueError, match="student_init="):
         load_recipe("user", ["student_init=no-such-student"])
+
+
+def test_auto_init_finds_the_shipped_student_for_an_architecture_and_its_modalities(shipped):
+    assert catalogue.pretrained_for("hybrid_test", ["text"]) == NAME
+    assert catalogue.pretrained_for("hybrid_test", ["text", "image"]) is None  # it has no image stem
+    assert catalogue.pretrained_for("hybrid_tiny", ["text"]) is None  # this temporary catalogue holds no such one
+
+
+def test_the_real_catalogue_ships_hybrid_tiny_text_for_auto_init():
+    assert catalogue.pretrained_for("hybrid_tiny", ["text"]) == "hybrid-tiny-text"

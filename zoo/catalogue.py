@@ -182,6 +182,21 @@ def add_from_run(
     return entry
 
 
+def pretrained_for(architecture: str, modalities, path: str | os.PathLike | None = None) -> str | None:
+    """The name of a shipped pretrained student (an ``embedding`` head, weights in the package) of ``architecture``
+    over exactly ``modalities``, or None: what ``student_init: auto`` starts a run's student from."""
+    for entry in load_catalogue(path):
+        if (
+            entry.get("folder")
+            and entry.get("architecture") == architecture
+            and sorted(entry.get("modalities") or []) == sorted(modalities)
+            and entry.get("task") == "embedding"
+            and shipped_folder(entry, path) is not None
+        ):
+            return entry["name"]
+    return None
+
+
 def weights_size(entry: dict, path: str | os.PathLike | None = None) -> tuple[int | None, int | None]:
     """(parameters, bytes) of an entry's shipped model.safetensors (read from its header), else of its final model's
     headline metrics."""

@@ -432,7 +432,8 @@ class Recipe:
     # "teacher": the student's token embeddings start from the text teacher's (its outputs per token, PCA to the
     # student's width; the raw-student baseline still starts from random); "random": a blank student; a pretrained
     # student (a `zoo list` name such as hybrid-tiny-text, a hub id or a folder): its weights and tokenizer, with a
-    # fresh head for the data's labels (the raw-student baseline: the same architecture and tokenizer, blank)
+    # fresh head for the data's labels (the raw-student baseline: the same architecture and tokenizer, blank); "auto":
+    # the shipped pretrained student for this architecture and these modalities when there is one, else "teacher"
     student_init: str = "random"
     data: DataSettings = field(default_factory=DataSettings)
     teachers: dict[str, str] = field(default_factory=dict)
@@ -449,11 +450,11 @@ class Recipe:
             close = difflib.get_close_matches(self.student, list_models(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise BadValue("student", self.student, f"not a registered student.{hint} Registered: {list_models()}.")
-        if self.student_init not in ("random", "teacher") and not _names_a_student(self.student_init):
+        if self.student_init not in ("random", "teacher", "auto") and not _names_a_student(self.student_init):
             raise BadValue(
                 "student_init",
                 self.student_init,
-                "use 'random', 'teacher', or a pretrained student: a `zoo list` name, a hub id (org/name) or a folder.",
+                "use 'random', 'teacher', 'auto' or a pretrained student: a `zoo list` name, a hub id or a folder.",
             )
         if not self.stages.active():
             raise BadValue(
