@@ -479,10 +479,7 @@ def build_card(
     final = final_model_key(metrics, config)
     params = (models.get(final) or {}).get("params") if final else None
     if params is None and (folder / "model.safetensors").exists():
-        from safetensors import safe_open
-
-        with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            params = sum(int(_prod(f.get_slice(k).get_shape())) for k in f.keys())
+        params = safetensors_params(folder / "model.safetensors")
     base_student = _name(run.get("base_model"), "hub_id", "name", "path")
     base_student = display_name(base_student) if base_student else None
 
@@ -612,11 +609,14 @@ def build_card(
     return card
 
 
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+def safetensors_params(path: str | os.PathLike) -> int:
+    """How many numbers a safetensors file holds, read from its header (no tensor is loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 def _split_size(run: dict, split: str) -> bool:
@@ -689,10 +689,7 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
     corpus = pre.get("corpus") or {}
     params = pre.get("params")
     if params is None and (folder / "model.safetensors").exists():
-        from safetensors import safe_open
-
-        with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            params = sum(int(_prod(f.get_slice(k).get_shape())) for k in f.keys())
+        params = safetensors_params(folder / "model.safetensors")
     tags = ["distill-zoo", "distillation", "knowledge-distillation", "pretrained", *modalities]
     data = ModelCardData(
         model_name=name,

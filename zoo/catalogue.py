@@ -17,13 +17,10 @@ Add a student from a finished run (the card is regenerated to load the hub id an
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
 from pathlib import Path
-
-from safetensors import safe_open
 
 from zoo.bench import read_metrics
 from zoo.cards import (
@@ -38,6 +35,7 @@ from zoo.cards import (
     fmt_ms,
     fmt_params,
     fmt_pct,
+    safetensors_params,
 )
 from zoo.io import atomic_path, atomic_write_json, atomic_write_text
 from zoo.runs import METRICS_NAME
@@ -204,9 +202,7 @@ def weights_size(entry: dict, path: str | os.PathLike | None = None) -> tuple[in
     if folder is None:
         final = (entry.get("metrics") or {}).get(entry.get("final_model")) or {}
         return final.get("params"), final.get("size_bytes")
-    with safe_open(folder / SHIPPED_FILES[1], framework="pt") as f:
-        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    return params, (folder / SHIPPED_FILES[1]).stat().st_size
+    return safetensors_params(folder / SHIPPED_FILES[1]), (folder / SHIPPED_FILES[1]).stat().st_size
 
 
 def format_catalogue(students: list[dict] | None = None) -> str:
