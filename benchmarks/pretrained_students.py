@@ -24,7 +24,6 @@ The table comes first; the last line is
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -57,10 +56,7 @@ def student_embeddings(student, rows: list[dict], batch_size: int = 256) -> np.n
 def blank_copy(student, folder: Path) -> Path:
     """The same architecture, config and tokenizer as ``student``, freshly initialised, saved to ``folder``."""
     torch.manual_seed(0)
-    blank = type(student)(copy.deepcopy(student.config))
-    if student.tokenizer is not None:
-        blank.set_tokenizer(student.tokenizer)
-    blank.save_pretrained(folder)
+    student.blank_copy().save_pretrained(folder)
     return folder
 
 

@@ -13,6 +13,7 @@ scheme a config records.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -101,6 +102,14 @@ class Student(
     def reset_head(self, tasks: dict[str, int], id2label: dict | None = None) -> None:
         """Replace the task heads with fresh ones, ``tasks``: name -> outputs (fine-tuning on other labels)."""
         raise NotImplementedError(f"{type(self).__name__} cannot replace its heads.")
+
+    def blank_copy(self) -> Student:
+        """The same architecture, config and tokenizer, freshly initialised (from the current torch seed): the
+        baseline a pretrained student is measured against."""
+        blank = type(self)(copy.deepcopy(self.config))
+        if self.tokenizer is not None:
+            blank.set_tokenizer(self.tokenizer)
+        return blank
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters (beyond vectors) that get no weight decay, e.g. position embeddings."""

@@ -432,10 +432,7 @@ class Run:
         if inherit:
             self.log(f"student_init: the weights and tokenizer of {name} (a fresh head for the labels)")
             return pre
-        blank = type(pre)(copy.deepcopy(pre.config))
-        if pre.tokenizer is not None:
-            blank.set_tokenizer(pre.tokenizer)
-        return blank
+        return pre.blank_copy()
 
     def _teacher_cache(self) -> dict:
         """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
