@@ -19,12 +19,11 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from zoo.io import staged_folder
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
@@ -85,9 +84,9 @@ def build_folder(
     / 2000 rows keep ``zoo teacher`` (EfficientNet-Lite0 at 128 px: about 0.09 s a training image at one thread)
     near 10 minutes an epoch and the teacher's test accuracy within +-0.7 points (binomial s.e. at 90%). Each row is
     a grey 28x28 PNG under ``images/<split>/`` and a row of ``<split>.csv`` (``id``, ``image`` relative to the CSV,
-    ``label`` the class name). The folder is written to a temporary sibling and renamed into place; a folder whose
-    ``fashion_mnist.json`` records the same settings is reused. Raises FileNotFoundError (saying
-    ``apt-get install dataset-fashion-mnist``) when the Debian package is missing.
+    ``label`` the class name). The folder is written beside it and swapped in when complete
+    (``zoo.io.staged_folder``); a folder whose ``fashion_mnist.json`` records the same settings is reused. Raises
+    FileNotFoundError (saying ``apt-get install dataset-fashion-mnist``) when the Debian package is missing.
     """
     from PIL import Image
 
@@ -102,9 +101,7 @@ def build_folder(
         raise ValueError(f"fashion-mnist has {len(ytr)} train and {len(yte)} test images; asked for {settings}")
     tr, va = _stratified(ytr, [train_size, validation_size], seed)
     (te,) = _stratified(yte, [test_size], seed)
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-    try:
+    with staged_folder(cache_dir, overwrite=True) as tmp:  # a whole new folder, swapped in when complete
         for split, x, y, idx, origin in (
             ("train", xtr, ytr, tr, "train"),
             ("validation", xtr, ytr, va, "train"),
@@ -119,16 +116,6 @@ def build_folder(
                     Image.fromarray(x[i], mode="L").save(tmp / rel)
                     rows.writerow([f"{origin}-{i:05d}", rel, CLASSES[y[i]]])
         (tmp / BUILD_FILE).write_text(json.dumps(settings))
-        old = None
-        if cache_dir.exists():  # another size or an interrupted build: move it aside, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.old.", dir=cache_dir.parent))
-            os.replace(cache_dir, old / cache_dir.name)
-        os.replace(tmp, cache_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return cache_dir
 
 
@@ -144,7 +131,8 @@ def build_unlabeled(
     of them in the task's train or validation rows (the same seeded draws as ``build_folder``, then a third).
 
     What ``zoo distill --unlabeled`` takes: images a user has without labels, which only the teacher labels.
-    Reused when ``dst/fashion_mnist.json`` records the same settings; written to a temporary sibling and renamed.
+    Reused when ``dst/fashion_mnist.json`` records the same settings; written beside it and swapped in
+    (``zoo.io.staged_folder``).
     """
     from PIL import Image
 
@@ -156,9 +144,7 @@ def build_unlabeled(
     if train_size + validation_size + size > len(ytr):
         raise ValueError(f"fashion-mnist has {len(ytr)} train images; asked for {settings}")
     _, _, extra = _stratified(ytr, [train_size, validation_size, size], seed)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with staged_folder(dst, overwrite=True) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "unlabeled.csv", "w", newline="", encoding="utf-8") as f:
             rows = csv.writer(f)
@@ -168,12 +154,6 @@ def build_unlabeled(
                 Image.fromarray(xtr[i], mode="L").save(tmp / rel)
                 rows.writerow([f"train-{i:05d}", rel])
         (tmp / BUILD_FILE).write_text(json.dumps(settings))
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst / "unlabeled.csv"
 
 
@@ -253,14 +233,6 @@ def efficientnet_lite0_timm_folder(dst: Path, image_size: int = 128) -> Path:
         if json.loads(cfg.read_text()).get("pretrained_cfg", {}).get("input_size") == [3, image_size, image_size]:
             return dst
     model = efficientnet_lite0_timm(image_size)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with staged_folder(dst, overwrite=True) as tmp:
         timm.models.save_for_hf(model, str(tmp), safe_serialization=True)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
