@@ -13,7 +13,8 @@ and column. ``on_error="raise"`` raises one ``DataError`` listing them; ``on_err
 lists them in ``data.report``. Small data is decoded once up front; large data only has its file headers checked
 and is decoded when read, with the same file/row/column in any error.
 
-``dataset`` holds the loaded data set and the decoding, ``reading`` the readers and the row checks.
+``dataset`` holds the loaded data set and the decoding, ``reading`` the entry points, ``sources`` the readers of each
+format and ``checks`` the row checks.
 """
 
 from zoo.data.dataset import Data, DataError, FileDecoder, Problem, Report, Split, decode_audio, decode_image
