@@ -26,9 +26,9 @@ from pathlib import Path
 import zoo.model_cards
 from zoo.bench import ratio_apart, read_metrics, spread_of
 from zoo.io import atomic_write_text
-from zoo.plots import png_figure
+from zoo.plots import as_float as _num
+from zoo.plots import latency_points, plot_accuracy_vs_latency  # noqa: F401  (re-exported: the card's plot)
 from zoo.runs import LOCAL_ONLY_DIRS, MODEL_LABELS, ordered
-from zoo.runs import label as model_label
 
 CARD_NAME = "README.md"
 PLOT_NAME = "accuracy_vs_latency.png"
@@ -49,10 +49,6 @@ PLOT_TITLES = {"training_curves.png": "Training curves", PLOT_NAME: "Accuracy ag
 
 
 # ------------------------------------------------------------------------------------------------ formatting
-def _num(x) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
 def fmt_pct(x) -> str:
     return f"{100 * x:.2f}%" if _num(x) is not None else NA
 
@@ -341,85 +337,8 @@ def highlights(metrics: dict, final: str | None) -> list[str]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ plot
-RUNTIME_MARKERS = {"torch": ("o", "torch eager"), "onnxruntime": ("s", "ONNX Runtime")}
-
-
-def latency_points(metrics: dict) -> list[dict]:
-    """The accuracy-vs-latency points: one per model with a latency, on the runtime it was measured with
-    (``accuracy`` None when it was not measured, e.g. ``zoo export --onnx`` without ``--data``). The hardware
-    student sits at its fitted runtime's latency (``latency_budget``) when it was fitted to one."""
-    points = []
-    for key in ordered((metrics.get("models") or {}).keys()):
-        e = metrics["models"][key]
-        if not isinstance(e, dict):
-            continue
-        latency, runtime = _num(e.get("latency_ms")), e.get("runtime") or "torch"
-        fit = e.get("latency_budget") if isinstance(e.get("latency_budget"), dict) else {}
-        if fit.get("runtime") in RUNTIME_MARKERS and _num(fit.get("latency_ms")) is not None:
-            latency, runtime = float(fit["latency_ms"]), fit["runtime"]
-        accuracy = _num(e.get("accuracy"))
-        if latency is not None and latency > 0:
-            points.append({"key": key, "label": model_label(key), "latency": latency,
-                           "accuracy": None if accuracy is None else 100 * accuracy,
-                           "runtime": runtime if runtime in RUNTIME_MARKERS else "torch"})  # fmt: skip
-    return points
-
-
-def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | None:
-    """Scatter of accuracy against batch-1 latency: one colour per model (named in the legend, so no label
-    overlaps another) and one marker per runtime (torch eager or ONNX Runtime); a model whose accuracy was not
-    measured is a dotted vertical line at its latency. None when no model has an accuracy and a latency."""
-    points = latency_points(metrics)
-    if not any(p["accuracy"] is not None for p in points):
-        return None
-    from matplotlib.lines import Line2D  # matplotlib loads only when a plot is drawn
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    with png_figure(path, figsize=(8, 4.2), dpi=100) as (_, ax):
-        palette = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey: the runtime keys' colour
-        colours = [palette[i % len(palette)] for i in range(len(points))]
-        handles = []
-        for p, colour in zip(points, colours):
-            marker = RUNTIME_MARKERS[p["runtime"]][0]
-            if p["accuracy"] is None:  # latency only: where it would sit, not a made-up accuracy
-                ax.axvline(p["latency"], color=colour, ls=":", lw=1.5)
-                handles.append(Line2D([], [], marker=marker, color=colour, ls=":", markersize=7,
-                                      label=f"{p['label']} (accuracy not measured)"))  # fmt: skip
-                continue
-            ax.scatter([p["latency"]], [p["accuracy"]], s=60, marker=marker, color=colour, edgecolor="black", lw=0.5)
-            handles.append(Line2D([], [], marker=marker, color=colour, ls="", markersize=7, label=p["label"]))
-        runtimes = [r for r in RUNTIME_MARKERS if any(p["runtime"] == r for p in points)]
-        handles += [Line2D([], [], ls="", label="")] if len(runtimes) > 1 else []
-        handles += [
-            Line2D(
-                [], [], marker=RUNTIME_MARKERS[r][0], mfc="white", mec="black", ls="", ms=7, label=RUNTIME_MARKERS[r][1]
-            )
-            for r in runtimes
-            if len(runtimes) > 1
-        ]
-        latencies = [p["latency"] for p in points]
-        if max(latencies) / min(latencies) > 20:
-            ax.set_xscale("log")  # ticks at 1, 2, 5 x 10^k written as plain numbers: no crowded 3x10^0 labels
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.margins(x=0.1, y=0.1)
-        ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        ax.set_xlabel("latency (ms, batch 1, 1 thread)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("Accuracy against latency", fontsize=10)
-        if any(p["key"] == "int8" and p["runtime"] == "torch" for p in points):
-            ax.annotate(  # why eager int8 is no faster than fp32
-                "int8 in torch eager quantizes in separate kernels; its fast path is ONNX Runtime",
-                (0, -0.2), xycoords="axes fraction", fontsize=7, color="dimgrey", va="top",
-            )  # fmt: skip
-        ax.grid(alpha=0.3)
-    return Path(path)
-
-
 # ------------------------------------------------------------------------------------------------ card
-def _read_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.exists():
         return {}
@@ -457,7 +376,7 @@ def build_card(
         )
     metrics = read_metrics(folder)
     run = metrics.get("run") if isinstance(metrics.get("run"), dict) else {}
-    config = _read_config(folder)
+    config = read_config(folder)
     models = metrics.get("models") or {}
 
     modalities = list(config.get("modalities") or [])
@@ -634,9 +553,6 @@ def write_card(out_dir: str | os.PathLike, *, repo_id: str | None = None, **kwar
     return path
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-
-
 def _setting_notes(run: dict) -> list[str]:
     """Notes on how the run was set up that change how its numbers read (the label fraction, cross-fitting)."""
     settings = run.get("recipe_settings") if isinstance(run.get("recipe_settings"), dict) else {}
@@ -655,112 +571,3 @@ def _setting_notes(run: dict) -> list[str]:
             "train row was labelled by a teacher that never saw it, so the targets are honest predictions."
         )
     return notes
-
-
-# ------------------------------------------------------------------------------------------- pretrained students
-PRETRAINING_NAME = "pretraining.json"  # written by scripts/pretrain_*.py
-EVALUATION_NAME = "evaluation.json"  # written by benchmarks/pretrained_students.py --json
-RUNTIMES = {"torch": "torch fp32", "ort-int8": "ONNX Runtime, dynamic int8"}
-
-
-def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = None, name: str | None = None):
-    """The card of a task-agnostic pretrained student (a ``scripts/pretrain_*.py`` folder): what it learned from
-    which teacher and corpus (``pretraining.json``), and, when ``evaluation.json`` is there, what it is worth on a
-    real task against a blank student, the teacher and the simple baseline. Returns a ``huggingface_hub.ModelCard``.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    folder = Path(folder)
-    path = folder / PRETRAINING_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; a pretrained student folder is written by scripts/pretrain_*.py.")
-    pre = json.loads(path.read_text(encoding="utf-8"))
-    ev = (
-        json.loads((folder / EVALUATION_NAME).read_text(encoding="utf-8"))
-        if (folder / EVALUATION_NAME).is_file()
-        else {}
-    )
-    config = _read_config(folder)
-    modalities = list(config.get("modalities") or [])
-    name = name or repo_id or folder.resolve().name
-    load = name.split("/")[-1]  # the catalogue name: the shipped weights load under it offline
-    teacher_id = pre.get("teacher_id")
-    settings = pre.get("settings") or {}
-    corpus = pre.get("corpus") or {}
-    params = pre.get("params")
-    if params is None and (folder / "model.safetensors").exists():
-        params = safetensors_params(folder / "model.safetensors")
-    tags = ["distill-zoo", "distillation", "knowledge-distillation", "pretrained", *modalities]
-    data = ModelCardData(
-        model_name=name,
-        library_name="distill-zoo",
-        tags=tags,
-        base_model=[teacher_id] if teacher_id and is_hub_id(teacher_id) else None,
-        license=pre.get("license") or DEFAULT_LICENSE,
-        pipeline_tag="feature-extraction",
-    )
-    lines = [
-        f"# {escape(name)}",
-        "",
-        f"A {fmt_params(params)}-parameter `{escape(config.get('architecture', NA))}` student over "
-        f"{', '.join(modalities) or NA}, pre-distilled task-agnostically from {escape(pre.get('teacher', NA))}: "
-        f"{escape(pre.get('objective', NA))}. No labels were used. It is a starting point: `zoo finetune` gives it "
-        "a head sized to your labels (the pretraining head is dropped) and trains it, with KD when you pass a teacher.",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import zoo",
-        "",
-        f'student = zoo.load("{load}")  # the weights ship with distill-zoo: works offline',
-        'batch = student.preprocess([{"text": "' + EXAMPLE_TEXT + '"}])',
-        'batch.pop("labels", None)',
-        f"embedding = student(**batch)  # {config.get('tasks', {}).get('embedding', NA)} numbers per text",
-        "```",
-        "",
-        "```bash",
-        f"zoo finetune {load} --data my_texts.csv --out my-student            # labels only",
-        f"zoo finetune {load} --data my_texts.csv --teacher text=TEACHER_DIR  # plus KD (zoo teacher makes one)",
-        "```",
-        "",
-        "## How it was made",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| teacher | {escape(pre.get('teacher', NA))} |",
-        f"| corpus | {escape(corpus.get('name', NA))}; {fmt_value(corpus.get('rows'))} rows, "
-        f"{fmt_value(corpus.get('held_out'))} held out |",
-        f"| corpus licence | {escape(corpus.get('licence', NA))} |",
-        f"| training | {fmt_value(pre.get('steps'))} steps, batch {fmt_value(settings.get('batch_size'))}, lr "
-        f"{fmt_value(settings.get('lr'))}, {fmt_value(settings.get('epochs'))} epochs, max_length "
-        f"{fmt_value(settings.get('max_length'))} tokens, seed {fmt_value(settings.get('seed'))} |",
-        f"| teacher targets | the teacher run in {escape(RUNTIMES.get(settings.get('teacher_runtime'), NA))} |",
-        f"| held-out agreement | mean cosine {fmt_value(pre.get('held_out_cosine'))} with the teacher's embedding |",
-        f"| time | {fmt_value(pre.get('seconds'))} s on one CPU thread |",
-        "",
-        f"Command: `{escape(pre.get('command', NA))}`",
-        "",
-    ]
-    if ev:
-        lines += [
-            f"## What it is worth on {escape(ev.get('task', NA))}",
-            "",
-            "Test-split accuracy, one run; the latency is batch 1, one thread, median (p10-p90).",
-            "",
-            "| model | accuracy | latency (ms) | how |",
-            "|---|---|---|---|",
-        ]
-        for key, e in (ev.get("results") or {}).items():
-            lines.append(
-                f"| {escape(key)} | {fmt_pct(e.get('accuracy'))} | {fmt_latency(e)} | {escape(e.get('note', ''))} |"
-            )
-        lines += ["", f"Command: `{escape(ev.get('command', NA))}`", ""]
-    lines += [
-        "## Limitations",
-        "",
-        "- English only, and the corpus is one domain (software descriptions): expect less on other text.",
-        "- The embedding imitates the teacher's; it is not a replacement for the teacher's retrieval quality.",
-        f"- Texts are cut at {fmt_value((config.get('text') or {}).get('max_length'))} tokens.",
-        "",
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -25,12 +25,9 @@ from pathlib import Path
 from zoo.bench import read_metrics
 from zoo.cards import (
     CARD_NAME,
-    EVALUATION_NAME,
     MODEL_CARDS_DIR,
     NA,
-    PRETRAINING_NAME,
     build_card,
-    build_pretrained_card,
     final_model_key,
     fmt_ms,
     fmt_params,
@@ -38,6 +35,7 @@ from zoo.cards import (
     safetensors_params,
 )
 from zoo.io import atomic_path, atomic_write_json, atomic_write_text
+from zoo.pretrained_card import EVALUATION_NAME, PRETRAINING_NAME, build_pretrained_card
 from zoo.runs import METRICS_NAME
 
 CATALOGUE_PATH = MODEL_CARDS_DIR / "catalogue.json"
@@ -118,7 +116,7 @@ def add_from_run(
     name in the catalogue JSON. ``ship`` copies the weights (config.json, model.safetensors, tokenizer files,
     pretraining.json) into that folder too, so the name loads offline from the installed package; a folder without
     metrics.json (a pretraining output) can only be shipped; its card comes from pretraining.json and, when there,
-    evaluation.json (``zoo.cards.build_pretrained_card``). Returns the entry.
+    evaluation.json (``zoo.pretrained_card.build_pretrained_card``). Returns the entry.
     """
 
     run_dir = Path(run_dir)

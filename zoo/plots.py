@@ -1,4 +1,5 @@
-"""Training-curve plots of a run, drawn from its ``metrics.jsonl`` with matplotlib (Agg, no display needed)."""
+"""The plots of a run folder, drawn with matplotlib (Agg, no display needed): the training curves from its
+``metrics.jsonl``, and the card's accuracy against latency from its ``metrics.json``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zoo.io import atomic_path
+from zoo.runs import label as model_label
+from zoo.runs import ordered
 
 CURVES_NAME = "training_curves.png"
 
@@ -210,3 +213,85 @@ def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path |
         handles = [Line2D([], [], lw=2, label=label, **styles[p]) for p, label in stages.items()]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
     return path
+
+
+# ------------------------------------------------------------------------------------------- accuracy vs latency
+def as_float(x) -> float | None:
+    """A metrics value as a float (None for anything not a number, booleans included)."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+RUNTIME_MARKERS = {"torch": ("o", "torch eager"), "onnxruntime": ("s", "ONNX Runtime")}
+
+
+def latency_points(metrics: dict) -> list[dict]:
+    """The accuracy-vs-latency points: one per model with a latency, on the runtime it was measured with
+    (``accuracy`` None when it was not measured, e.g. ``zoo export --onnx`` without ``--data``). The hardware
+    student sits at its fitted runtime's latency (``latency_budget``) when it was fitted to one."""
+    points = []
+    for key in ordered((metrics.get("models") or {}).keys()):
+        e = metrics["models"][key]
+        if not isinstance(e, dict):
+            continue
+        latency, runtime = as_float(e.get("latency_ms")), e.get("runtime") or "torch"
+        fit = e.get("latency_budget") if isinstance(e.get("latency_budget"), dict) else {}
+        if fit.get("runtime") in RUNTIME_MARKERS and as_float(fit.get("latency_ms")) is not None:
+            latency, runtime = float(fit["latency_ms"]), fit["runtime"]
+        accuracy = as_float(e.get("accuracy"))
+        if latency is not None and latency > 0:
+            points.append({"key": key, "label": model_label(key), "latency": latency,
+                           "accuracy": None if accuracy is None else 100 * accuracy,
+                           "runtime": runtime if runtime in RUNTIME_MARKERS else "torch"})  # fmt: skip
+    return points
+
+
+def plot_accuracy_vs_latency(metrics: dict, path: str | os.PathLike) -> Path | None:
+    """Scatter of accuracy against batch-1 latency: one colour per model (named in the legend, so no label
+    overlaps another) and one marker per runtime (torch eager or ONNX Runtime); a model whose accuracy was not
+    measured is a dotted vertical line at its latency. None when no model has an accuracy and a latency."""
+    points = latency_points(metrics)
+    if not any(p["accuracy"] is not None for p in points):
+        return None
+    from matplotlib.lines import Line2D  # matplotlib loads only when a plot is drawn
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    with png_figure(path, figsize=(8, 4.2), dpi=100) as (_, ax):
+        palette = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey: the runtime keys' colour
+        colours = [palette[i % len(palette)] for i in range(len(points))]
+        handles = []
+        for p, colour in zip(points, colours):
+            marker = RUNTIME_MARKERS[p["runtime"]][0]
+            if p["accuracy"] is None:  # latency only: where it would sit, not a made-up accuracy
+                ax.axvline(p["latency"], color=colour, ls=":", lw=1.5)
+                handles.append(Line2D([], [], marker=marker, color=colour, ls=":", markersize=7,
+                                      label=f"{p['label']} (accuracy not measured)"))  # fmt: skip
+                continue
+            ax.scatter([p["latency"]], [p["accuracy"]], s=60, marker=marker, color=colour, edgecolor="black", lw=0.5)
+            handles.append(Line2D([], [], marker=marker, color=colour, ls="", markersize=7, label=p["label"]))
+        runtimes = [r for r in RUNTIME_MARKERS if any(p["runtime"] == r for p in points)]
+        handles += [Line2D([], [], ls="", label="")] if len(runtimes) > 1 else []
+        handles += [
+            Line2D(
+                [], [], marker=RUNTIME_MARKERS[r][0], mfc="white", mec="black", ls="", ms=7, label=RUNTIME_MARKERS[r][1]
+            )
+            for r in runtimes
+            if len(runtimes) > 1
+        ]
+        latencies = [p["latency"] for p in points]
+        if max(latencies) / min(latencies) > 20:
+            ax.set_xscale("log")  # ticks at 1, 2, 5 x 10^k written as plain numbers: no crowded 3x10^0 labels
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.1, y=0.1)
+        ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_xlabel("latency (ms, batch 1, 1 thread)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Accuracy against latency", fontsize=10)
+        if any(p["key"] == "int8" and p["runtime"] == "torch" for p in points):
+            ax.annotate(  # why eager int8 is no faster than fp32
+                "int8 in torch eager quantizes in separate kernels; its fast path is ONNX Runtime",
+                (0, -0.2), xycoords="axes fraction", fontsize=7, color="dimgrey", va="top",
+            )  # fmt: skip
+        ax.grid(alpha=0.3)
+    return Path(path)

@@ -1,0 +1,132 @@
+"""The card of a task-agnostic pretrained student (a ``scripts/pretrain_*.py`` folder): ``build_pretrained_card``.
+
+A run folder's card (teacher vs. raw student vs. distilled) is ``zoo.cards``; this one tells what a student learned
+from which teacher and corpus, and what it is worth on a real task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from zoo.cards import (
+    DEFAULT_LICENSE,
+    EXAMPLE_TEXT,
+    NA,
+    escape,
+    fmt_latency,
+    fmt_params,
+    fmt_pct,
+    fmt_value,
+    is_hub_id,
+    read_config,
+    safetensors_params,
+)
+
+PRETRAINING_NAME = "pretraining.json"  # written by scripts/pretrain_*.py
+EVALUATION_NAME = "evaluation.json"  # written by benchmarks/pretrained_students.py --json
+RUNTIMES = {"torch": "torch fp32", "ort-int8": "ONNX Runtime, dynamic int8"}
+
+
+def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = None, name: str | None = None):
+    """The card of a task-agnostic pretrained student (a ``scripts/pretrain_*.py`` folder): what it learned from
+    which teacher and corpus (``pretraining.json``), and, when ``evaluation.json`` is there, what it is worth on a
+    real task against a blank student, the teacher and the simple baseline. Returns a ``huggingface_hub.ModelCard``.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(folder)
+    path = folder / PRETRAINING_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; a pretrained student folder is written by scripts/pretrain_*.py.")
+    pre = json.loads(path.read_text(encoding="utf-8"))
+    ev = (
+        json.loads((folder / EVALUATION_NAME).read_text(encoding="utf-8"))
+        if (folder / EVALUATION_NAME).is_file()
+        else {}
+    )
+    config = read_config(folder)
+    modalities = list(config.get("modalities") or [])
+    name = name or repo_id or folder.resolve().name
+    load = name.split("/")[-1]  # the catalogue name: the shipped weights load under it offline
+    teacher_id = pre.get("teacher_id")
+    settings = pre.get("settings") or {}
+    corpus = pre.get("corpus") or {}
+    params = pre.get("params")
+    if params is None and (folder / "model.safetensors").exists():
+        params = safetensors_params(folder / "model.safetensors")
+    tags = ["distill-zoo", "distillation", "knowledge-distillation", "pretrained", *modalities]
+    data = ModelCardData(
+        model_name=name,
+        library_name="distill-zoo",
+        tags=tags,
+        base_model=[teacher_id] if teacher_id and is_hub_id(teacher_id) else None,
+        license=pre.get("license") or DEFAULT_LICENSE,
+        pipeline_tag="feature-extraction",
+    )
+    lines = [
+        f"# {escape(name)}",
+        "",
+        f"A {fmt_params(params)}-parameter `{escape(config.get('architecture', NA))}` student over "
+        f"{', '.join(modalities) or NA}, pre-distilled task-agnostically from {escape(pre.get('teacher', NA))}: "
+        f"{escape(pre.get('objective', NA))}. No labels were used. It is a starting point: `zoo finetune` gives it "
+        "a head sized to your labels (the pretraining head is dropped) and trains it, with KD when you pass a teacher.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import zoo",
+        "",
+        f'student = zoo.load("{load}")  # the weights ship with distill-zoo: works offline',
+        'batch = student.preprocess([{"text": "' + EXAMPLE_TEXT + '"}])',
+        'batch.pop("labels", None)',
+        f"embedding = student(**batch)  # {config.get('tasks', {}).get('embedding', NA)} numbers per text",
+        "```",
+        "",
+        "```bash",
+        f"zoo finetune {load} --data my_texts.csv --out my-student            # labels only",
+        f"zoo finetune {load} --data my_texts.csv --teacher text=TEACHER_DIR  # plus KD (zoo teacher makes one)",
+        "```",
+        "",
+        "## How it was made",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| teacher | {escape(pre.get('teacher', NA))} |",
+        f"| corpus | {escape(corpus.get('name', NA))}; {fmt_value(corpus.get('rows'))} rows, "
+        f"{fmt_value(corpus.get('held_out'))} held out |",
+        f"| corpus licence | {escape(corpus.get('licence', NA))} |",
+        f"| training | {fmt_value(pre.get('steps'))} steps, batch {fmt_value(settings.get('batch_size'))}, lr "
+        f"{fmt_value(settings.get('lr'))}, {fmt_value(settings.get('epochs'))} epochs, max_length "
+        f"{fmt_value(settings.get('max_length'))} tokens, seed {fmt_value(settings.get('seed'))} |",
+        f"| teacher targets | the teacher run in {escape(RUNTIMES.get(settings.get('teacher_runtime'), NA))} |",
+        f"| held-out agreement | mean cosine {fmt_value(pre.get('held_out_cosine'))} with the teacher's embedding |",
+        f"| time | {fmt_value(pre.get('seconds'))} s on one CPU thread |",
+        "",
+        f"Command: `{escape(pre.get('command', NA))}`",
+        "",
+    ]
+    if ev:
+        lines += [
+            f"## What it is worth on {escape(ev.get('task', NA))}",
+            "",
+            "Test-split accuracy, one run; the latency is batch 1, one thread, median (p10-p90).",
+            "",
+            "| model | accuracy | latency (ms) | how |",
+            "|---|---|---|---|",
+        ]
+        for key, e in (ev.get("results") or {}).items():
+            lines.append(
+                f"| {escape(key)} | {fmt_pct(e.get('accuracy'))} | {fmt_latency(e)} | {escape(e.get('note', ''))} |"
+            )
+        lines += ["", f"Command: `{escape(ev.get('command', NA))}`", ""]
+    lines += [
+        "## Limitations",
+        "",
+        "- English only, and the corpus is one domain (software descriptions): expect less on other text.",
+        "- The embedding imitates the teacher's; it is not a replacement for the teacher's retrieval quality.",
+        f"- Texts are cut at {fmt_value((config.get('text') or {}).get('max_length'))} tokens.",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
