@@ -29,7 +29,8 @@ from zoo.recipe import ControllerSettings, DataSettings, Recipe, Stage, Stages, 
 from zoo.runs import JSONL_NAME, METRICS_NAME, STATE_NAME
 from zoo.train.loop import train_phase
 from zoo.train.rows import Rows
-from zoo.train.run import Run, _load_teachers
+from zoo.train.run import Run
+from zoo.train.teaching import load_teachers
 
 FINAL = "finetuned"
 
@@ -83,7 +84,7 @@ class FinetuneRun(Run):
         self.data, self.modalities, self.num_classes = data, list(data.modalities), data.num_labels
         self.labelled_rows = len(data.splits["train"])
         self.teacher_paths = teachers
-        self.teachers = _load_teachers(teachers, self.num_classes, data.id2label, self.log)
+        self.teachers = load_teachers(teachers, self.num_classes, data.id2label, self.log)
         for m, t in self.teachers.items():
             if t.num_classes is None:
                 raise ValueError(

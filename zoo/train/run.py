@@ -42,21 +42,18 @@ from transformers.utils import logging as hf_logging
 
 from zoo import console
 from zoo import data as zdata
-from zoo.bench import accuracy
 from zoo.compress.guard import compression_stage
 from zoo.controller import BanditController
 from zoo.io import atomic_write_json, load_state_dict_checked, not_local, pid_alive, save_state_dict_atomic
-from zoo.losses import ALIGNMENT_PARTS, DistillationLoss
-from zoo.modalities import IGNORE_INDEX
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
 from zoo.registry import create_student
 from zoo.runs import JSONL_NAME, STATE_NAME
 from zoo.students import load_student
-from zoo.teachers import TeacherCache, load_teacher, shared_cache_dir
 from zoo.teachers.train import train_teachers
 from zoo.train.loop import StopRun, train_phase
-from zoo.train.report import carries, measure
-from zoo.train.rows import Rows, SampleList, collate_rows, split_inputs, truncation_lines, truncation_report
+from zoo.train.report import measure
+from zoo.train.rows import Rows, collate_rows, split_inputs, truncation_lines, truncation_report
+from zoo.train.teaching import RunTeachers, load_teachers
 from zoo.train.tokens import inherit_token_embeddings, student_tokenizer, tokenizer_kind
 
 LOCK_NAME = ".lock"  # the pid of the run writing into the folder
@@ -102,7 +99,7 @@ def _quiet_ddp_notes(device) -> None:
     sys.stderr.write("".join(other))
 
 
-class Run:
+class Run(RunTeachers):
     """One ``zoo distill`` run: holds the accelerator, data, teachers, student and the output folder."""
 
     def __init__(
@@ -278,7 +275,7 @@ class Run:
             wanted = r.teacher_training.modalities or self.modalities
             teacher_paths = {m: str(self.out / "teachers" / m) for m in self.modalities if m in wanted}
         self.teacher_paths = teacher_paths
-        self.teachers = _load_teachers(teacher_paths, self.num_classes, self.data.id2label, self.log)
+        self.teachers = load_teachers(teacher_paths, self.num_classes, self.data.id2label, self.log)
         self.timings["teachers"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -315,53 +312,6 @@ class Run:
         """A loud log line, kept for metrics.json's ``run.warnings``."""
         self.warnings.append(message)
         self.log(f"WARNING: {message}")
-
-    def check_teachers(self, margin: float = 0.05) -> None:
-        """Each classifier teacher's validation accuracy, before any distillation: a teacher within ``margin`` of
-        chance or below the majority class's share teaches less than the labels do, so say so and what to do."""
-        rows = self.rows.get("validation")
-        if rows is None or not len(rows):
-            return
-        samples = [rows.raw(i) for i in range(len(rows))]
-        labels = [int(s["label"]) for s in samples if s.get("label") is not None]
-        if not labels:
-            return
-        chance = 1.0 / self.num_classes
-        majority = max(labels.count(k) for k in set(labels)) / len(labels)
-        for m, t in self.teachers.items():
-            if t.num_classes != self.num_classes:
-                continue  # an encoder: no predictions to measure
-            mine = [s for s in samples if carries(t, s) and s.get("label") is not None]
-            if not mine:
-                continue
-            acc = accuracy(lambda batch, t=t: t(batch, layers=[]).logits, mine, batch_size=64)
-            self.teacher_validation[m] = round(acc, 6)
-            self.log(
-                f"teacher {m}: validation accuracy {100 * acc:.2f}% (chance {100 * chance:.2f}%, majority class "
-                f"{100 * majority:.2f}%)"
-            )
-            if acc < chance + margin or acc < majority:
-                self.warn(
-                    f"teacher {m} reaches {100 * acc:.2f}% on validation, "
-                    + (f"within {100 * margin:.0f} points of chance ({100 * chance:.2f}%)" if acc < chance + margin
-                       else f"below the majority class's share ({100 * majority:.2f}%)")
-                    + ": distilling it can make the student worse than training on the labels alone. Fine-tune a "
-                    f"pretrained model on this data (`zoo teacher MODEL --data ... --out DIR`) and pass "
-                    f"--teacher {m}=DIR."
-                )  # fmt: skip
-
-    def check_teachers_against(self, raw_accuracy: float | None) -> None:
-        """After the raw-student baseline: a teacher below the student trained on the labels alone."""
-        if raw_accuracy is None:
-            return
-        for m, acc in self.teacher_validation.items():
-            if acc < raw_accuracy:
-                self.warn(
-                    f"teacher {m} ({100 * acc:.2f}% on validation) is below the raw student trained on the labels "
-                    f"alone ({100 * raw_accuracy:.2f}%): the distilled student is likely to end below it too. "
-                    f"Fine-tune a pretrained model (`zoo teacher MODEL --data ... --out DIR`) and pass "
-                    f"--teacher {m}=DIR."
-                )
 
     def new_student(self, inherit: bool = True):
         """A freshly initialised student (seeded), with the run's tokenizer; ``student_init: teacher`` (and
@@ -434,53 +384,6 @@ class Run:
             return pre
         return pre.blank_copy()
 
-    def _teacher_cache(self) -> dict:
-        """Teacher outputs over the train split, computed once (main process) and looked up by sample id."""
-        train = self.rows["train"]
-        samples = SampleList(train)
-        fingerprint = self.data.fingerprint("train")
-        if self.recipe.data.max_train_samples:
-            fingerprint += f"-first{len(train)}"
-        root = self.out / "teacher_cache" if self.recipe.train.teacher_cache == "run" else shared_cache_dir()
-        caches = {}
-        for m, teacher in self.teachers.items():
-            layers = _cache_layers(teacher, self.recipe.losses.feature_layers.get(m))
-            caches[m] = TeacherCache(root, teacher, samples, features=layers, dataset_fingerprint=fingerprint)
-            if self.is_main and not caches[m].complete:
-                self.log(f"teacher cache: running teacher {m!r} over {len(samples)} train samples ({caches[m].path})")
-                caches[m].precompute(batch_size=64, progress=self.progress, log=self.log)
-            elif self.is_main:
-                self.log(f"teacher cache: teacher {m!r} outputs read from {caches[m].path}")
-        self.accelerator.wait_for_everyone()
-        return {m: c.as_teacher() for m, c in caches.items()}
-
-    def _criterion(self):
-        r = self.recipe
-        ids = self.rows["train"].ids[: min(8, len(self.rows["train"]))]
-        specs = {}
-        for m, cached in self.cached.items():
-            out = cached.lookup(ids)
-            specs[m] = {
-                "modality": cached.modality,
-                "num_classes": cached.num_classes,
-                "features": {k: tuple(v.shape[1:]) for k, v in out.features.items() if "embeds" not in k},
-                "embeds": None if out.embeds is None else int(out.embeds.shape[-1]),
-                "similarity": cached.similarity_scale is not None,
-            }
-        torch.manual_seed(r.seed + 1)
-        return DistillationLoss(
-            self.student.config.embed_dim,
-            self.student.config.depth,
-            specs,
-            feature_layers=r.losses.feature_layers,
-            feature_loss=r.losses.feature_loss,
-            embedding_loss=r.losses.embedding_loss,
-            weights={k: getattr(r.losses, k) for k in ALIGNMENT_PARTS},
-            modality_weights=r.losses.modality_weights,
-            num_classes=self.num_classes,
-            fusion=r.losses.teacher_fusion,
-        )
-
     # -- evaluation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, student: nn.Module, split: str = "validation", limit: int | None = None) -> dict:
@@ -516,30 +419,6 @@ class Run:
             "labels": labels,
         }
 
-    def loss_scales(self, labels: torch.Tensor, teachers: dict) -> dict[str, float]:
-        """Weights that turn each process's per-row means into one mean over the global batch.
-
-        CE averages over the labelled rows, KD over the rows a teacher covers (plus labelled rows no teacher
-        covers). Their counts differ between the processes' halves of a batch (partial labels, missing
-        modalities), and DDP averages gradients with equal weights, so a plain mean of means would weight rows
-        unevenly. Scaling by n_local * P / n_global makes the averaged gradient that of the global mean.
-        """
-        acc = self.accelerator
-        labelled = labels != IGNORE_INDEX
-        covered = torch.zeros_like(labelled)
-        if teachers:
-            rows = self.criterion.teacher_log_probs(teachers, 1.0, labels.shape[0])[1]
-            if rows is not None:
-                covered = rows.to(labelled.device, torch.bool)
-        counts = torch.tensor([float(labelled.sum()), float((covered | labelled).sum())], device=acc.device)
-        total = acc.reduce(counts.clone(), "sum")
-        scale = torch.where(total > 0, counts * acc.num_processes / total.clamp(min=1.0), torch.ones_like(counts))
-        return {"ce": float(scale[0]), "kd": float(scale[1])}
-
-    def teachers_for(self, ids: list[str]) -> dict:
-        device = self.accelerator.device
-        return {m: c.lookup(ids).to(device) for m, c in self.cached.items()}
-
     # -- checkpoints --------------------------------------------------------------------------------------------
     def phase_dir(self, phase: str) -> Path:
         return self.out / "checkpoints" / phase
@@ -567,8 +446,6 @@ class Run:
         if crit.exists():
             self.criterion.load_state_dict(load_state_dict_checked(crit))
         return student.train()
-
-    # -- one phase of training ----------------------------------------------------------------------------------
 
     # -- the whole run ------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -675,53 +552,12 @@ def _refuse_changes(out: Path, saved: dict | None, now: dict) -> None:
         )
 
 
-def _cache_layers(teacher, wanted: dict | None) -> list[str]:
-    """Teacher feature layers to cache: those the recipe maps, else the teacher's last one."""
-    layers = list(getattr(teacher, "feature_layers", []) or [])
-    layers = [n for n in layers if not n.endswith("embeds")]
-    if wanted:
-        return sorted(set(wanted.values()))
-    return layers[-1:]
-
-
 def _load_data(recipe: Recipe, **options):
     """The recipe's data (``options``: ``zoo.data.load``'s on_error and allow_outside_paths)."""
     source = recipe.data.source
     if source in (None, "quickstart"):
         return zdata.quickstart(seed=recipe.seed)
     return zdata.load(source, seed=recipe.seed, **options)
-
-
-def _load_teachers(paths: dict[str, str], num_classes: int, id2label: dict, log) -> dict:
-    """Load each teacher (``zoo.teachers.load_teacher``) and check it predicts the data's classes."""
-    teachers = {}
-    for modality, path in paths.items():
-        t = load_teacher(path, modality=modality)
-        if t.num_classes is not None and t.num_classes != num_classes:
-            raise ValueError(
-                f"teacher {modality}={path} predicts {t.num_classes} classes; the data has {num_classes}. "
-                "Fine-tune the teacher on these labels first, or pass an encoder (its embeddings are distilled)."
-            )
-        theirs = {int(k): str(v) for k, v in (t.id2label or {}).items()}
-        ours = {int(k): str(v) for k, v in id2label.items()}
-        if theirs and theirs != ours:
-            if sorted(theirs.values()) == sorted(ours.values()) and len(set(theirs.values())) == len(theirs):
-                by_name = {v: k for k, v in theirs.items()}
-                if not hasattr(t, "relabel"):
-                    raise ValueError(
-                        f"teacher {modality}={path} has the data's labels in another order ({theirs}); fine-tune it "
-                        f"on the data's order {ours}."
-                    )
-                t.relabel([by_name[ours[i]] for i in range(len(ours))])  # train on targets that mean the same class
-                log(f"teacher {modality}: labels {theirs} reordered by name to the data's {ours}")
-            else:
-                log(f"warning: teacher {modality} labels {theirs} differ from the data's {ours}; order must match")
-        teachers[modality] = t
-        log(f"teacher {modality}: {t.name} ({sum(p.numel() for p in t.parameters()) / 1e6:.2f}M params)")
-    return teachers
-
-
-# ------------------------------------------------------------------------------------------------ compression
 
 
 # -------------------------------------------------------------------------------------------------------- API
@@ -783,9 +619,3 @@ def distill(
         return run.run()
     finally:
         run.unlock()
-
-
-# -------------------------------------------------------------------------------------------------------- CLI
-
-
-# ---------------------------------------------------------------------------------------- teachers trained here
