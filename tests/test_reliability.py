@@ -73,12 +73,9 @@ def test_diverging_baseline_names_the_stage_whose_lr_it_borrowed():
 
     from zoo.train import loop
 
-    run = SimpleNamespace(
-        lr_keys={"raw_student": "stages.mixed_distill.lr"},
-        recipe=SimpleNamespace(train=SimpleNamespace(max_rollbacks=0)),
-        log=lambda m: None,
-        record=lambda **k: None,
-        global_step=0,
+    run = SimpleNamespace(log=lambda m: None, record=lambda **k: None, global_step=0)
+    job = SimpleNamespace(
+        name="raw_student", lr_key="stages.mixed_distill.lr", settings=SimpleNamespace(max_rollbacks=0)
     )
     import torch
 
@@ -86,7 +83,7 @@ def test_diverging_baseline_names_the_stage_whose_lr_it_borrowed():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     good = {"step": 0, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
     with pytest.raises(loop.Diverged, match=r"lower the learning rate \(stages\.mixed_distill\.lr\)"):
-        loop._rollback(run, "raw_student", {"step": 3, "rollbacks": []}, model, optimizer, good)
+        loop._rollback(run, job, {"step": 3, "rollbacks": []}, model, optimizer, good)
 
 
 # --------------------------------------------------------------------------------------------------------------- CLI

@@ -184,8 +184,13 @@ class Run(RunTeachers):
 
     def record(self, **fields) -> None:
         if self.is_main:
-            with open(self.out / JSONL_NAME, "a", encoding="utf-8") as f:
+            with open(self.jsonl, "a", encoding="utf-8") as f:
                 f.write(json.dumps(fields) + "\n")
+
+    @property
+    def jsonl(self) -> Path:
+        """The run's metrics.jsonl: the loop truncates it back to a checkpoint when resuming."""
+        return self.out / JSONL_NAME
 
     def save_state(self) -> None:
         if self.is_main:
