@@ -1,14 +1,14 @@
 """Teachers trained here, from scratch, when a run is given none (the offline quickstart).
 
 One transformers classifier per modality with its own processor (BERT + WordPiece for text, a ResNet for images,
-Whisper's encoder for audio), trained with CE on the train split and saved like a user's teacher, so the run loads it
-back through ``zoo.teachers.load_teacher``. ``teacher_training.folds > 1`` cross-fits them (``zoo.teachers.crossfit``).
+Whisper's encoder for audio), trained with CE on the train split through the one training loop (``zoo.teachers.fit``)
+and saved like a user's teacher, so the run loads it back through ``zoo.teachers.load_teacher``.
+``teacher_training.folds > 1`` cross-fits them (``zoo.teachers.crossfit``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict
@@ -30,6 +30,7 @@ from zoo.io import atomic_write_json
 from zoo.modalities.text import train_wordpiece_tokenizer
 from zoo.recipe import TeacherTraining
 from zoo.teachers.crossfit import assign_folds, save_assignment
+from zoo.teachers.fit import FinetuneSettings, fit_classifier
 from zoo.teachers.load import load_teacher
 
 
@@ -102,25 +103,6 @@ def build_teacher(modality: str, cfg: TeacherTraining, data, folder: Path) -> No
     processor.save_pretrained(folder)
 
 
-def _cat_pad(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate on dim 0, zero-padding dim 1 (token sequences padded per chunk) to the longest."""
-    if parts[0].dim() >= 2 and len({p.shape[1] for p in parts}) > 1:
-        n = max(p.shape[1] for p in parts)
-        parts = [torch.nn.functional.pad(p, (0, n - p.shape[1])) for p in parts]
-    return torch.cat(parts)
-
-
-def _teacher_inputs(teacher, samples: list[dict]) -> dict[str, torch.Tensor]:
-    """The teacher's own preprocessing of every sample (all carry its modality), as stacked tensors."""
-    chunks = [teacher.preprocess(samples[i : i + 64]) for i in range(0, len(samples), 64)]
-    return {k: _cat_pad([c[k] for c in chunks]) for k in chunks[0] if k != "mask"}
-
-
-def _teacher_lr(steps: int):
-    warmup = max(steps // 10, 1)
-    return lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-
-
 def train_teachers(data, folder: Path, cfg: TeacherTraining, seed: int, log=print) -> dict[str, Path]:
     """Train one classifier teacher per modality of ``data`` with CE on its train split (the offline quickstart).
 
@@ -168,37 +150,19 @@ def train_teachers(data, folder: Path, cfg: TeacherTraining, seed: int, log=prin
 
 
 def _fit_teacher(modality: str, cfg: TeacherTraining, data, dst: Path, train: list, val: list, seed: int):
-    """Build a fresh teacher in ``dst``, train it with CE on ``train``, save it; returns its validation accuracy."""
+    """Build a fresh teacher in ``dst``, train it with CE on ``train`` through the one loop (``zoo.teachers.fit``:
+    ``cfg.steps`` steps, the last weights kept), save it; returns its validation accuracy."""
     torch.manual_seed(seed)
     build_teacher(modality, cfg, data, dst)
     teacher = load_teacher(dst, modality=modality)
-    x = _teacher_inputs(teacher, train)
-    y = torch.tensor([int(s["label"]) for s in train])
-    model = teacher.model.requires_grad_(True)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _teacher_lr(cfg.steps))
-    g = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(len(train), generator=g), 0
-    for _ in range(cfg.steps):
-        if pos + cfg.batch_size > len(order):
-            order, pos = torch.randperm(len(train), generator=g), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        logits = model(**{k: v[idx] for k, v in x.items()}).logits
-        loss = torch.nn.functional.cross_entropy(logits, y[idx])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    model.eval()
-    val_acc = None
-    if val:
-        with torch.no_grad():
-            xv = _teacher_inputs(teacher, val)
-            chunks = [model(**{k: v[i : i + 128] for k, v in xv.items()}).logits for i in range(0, len(val), 128)]
-            pred = torch.cat(chunks)
-        val_acc = float((pred.argmax(-1) == torch.tensor([int(s["label"]) for s in val])).float().mean())
-    model.save_pretrained(dst, safe_serialization=True)
-    return val_acc
+    s = FinetuneSettings(
+        lr=cfg.lr, batch_size=cfg.batch_size, max_length=None, group_by_length=False, seed=seed,
+        checkpoint_every=max(cfg.steps, 1),  # never: a teacher trained here is retrained, not resumed
+    )  # fmt: skip
+    quiet = lambda message: None  # noqa: E731  (train_teachers logs one line per teacher)
+    state = fit_classifier(
+        teacher, train, val, dst, s, seed, False, quiet, False, steps=cfg.steps, keep_best=False,
+        lr_key="teacher_training.lr",
+    )  # fmt: skip
+    teacher.model.save_pretrained(dst, safe_serialization=True)
+    return state["best"] if val else None

@@ -115,23 +115,24 @@ def test_zoo_teacher_resumes_bit_identically(task, encoder, tmp_path, monkeypatc
     from safetensors.torch import load_file
 
     from zoo import data as zdata
+    from zoo.console import Progress
     from zoo.teachers import finetune
 
     data = zdata.load(str(task))
     s = finetune.FinetuneSettings(epochs=2, lr=3e-3, batch_size=8, max_length=16, checkpoint_every=3)
     finetune.finetune_teacher(str(encoder), data, tmp_path / "whole", settings=s, log=lambda m: None)
 
-    real_update = finetune.Progress.update
+    real_update = Progress.update
 
     def stop_at_5(self, n=1, loss=None):
         real_update(self, n, loss)
         if self.step == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune.Progress, "update", stop_at_5)
+    monkeypatch.setattr(Progress, "update", stop_at_5)
     with pytest.raises(KeyboardInterrupt):
         finetune.finetune_teacher(str(encoder), data, tmp_path / "cut", settings=s, log=lambda m: None)
-    monkeypatch.setattr(finetune.Progress, "update", real_update)
+    monkeypatch.setattr(Progress, "update", real_update)
     assert (tmp_path / "cut" / "checkpoints" / "step-3").is_dir()
     forbid_unpickling("resuming zoo teacher")
     finetune.finetune_teacher(str(encoder), data, tmp_path / "cut", settings=s, resume=True, log=lambda m: None)
@@ -143,7 +144,7 @@ def test_zoo_teacher_resumes_bit_identically(task, encoder, tmp_path, monkeypatc
 
 
 def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
-    from zoo.teachers.finetune import epoch_batches
+    from zoo.teachers.fit import epoch_batches
 
     gen = torch.Generator().manual_seed(1)
     lengths = torch.randint(4, 200, (1000,), generator=gen).tolist()
@@ -165,7 +166,7 @@ def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
 
 
 def test_zoo_teacher_says_when_max_length_cuts_the_texts():
-    from zoo.teachers.finetune import _report_truncation
+    from zoo.teachers.fit import report_truncation as _report_truncation
 
     lines = []
     _report_truncation([10] * 60 + [100] * 40, 64, "t", lines.append)
