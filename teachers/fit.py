@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
 from zoo.io import atomic_path
@@ -133,8 +134,6 @@ def _logits(model, inputs: dict) -> torch.Tensor:
 
 def _save_weights(teacher: Teacher, dst: Path) -> None:
     """The current weights into ``dst`` (transformers or timm layout), atomically per file."""
-    from safetensors.torch import save_model
-
     with atomic_path(dst / "model.safetensors") as tmp:
         save_model(teacher.model, str(tmp), metadata={"format": "pt"})
 

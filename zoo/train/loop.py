@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 import torch
 from accelerate.utils import set_seed
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from zoo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from zoo.console import Progress
+from zoo.io import atomic_path
 from zoo.recipe import ControllerSettings, Stage, TrainSettings
 from zoo.train.objective import DistillModule, uses_teacher
 from zoo.train.rows import collate_rows, split_inputs
@@ -298,8 +300,6 @@ def train_loop(run, job: Phase) -> dict:
         val_accuracy=ev["accuracy"], val_loss=ev["loss"],
     )  # fmt: skip
     if job.keep_best and st["best"] is not None and st["best"] > ev["accuracy"]:
-        from safetensors.torch import load_model
-
         load_model(job.model, str(_best_file(run, phase)))
         run.log(
             f"{phase}: kept the best validation checkpoint (step {st['best_step']}, {100 * st['best']:.2f}%) over "
@@ -319,10 +319,6 @@ def _best_file(run, phase: str):
 def _consider_best(run, phase: str, st: dict, student: nn.Module) -> None:
     """Measure validation accuracy; when it beats the phase's best so far, save the weights (safetensors, atomic)
     and record where. Evaluation draws no random numbers, so training continues exactly as without it."""
-    from safetensors.torch import save_model
-
-    from zoo.io import atomic_path
-
     ev = run.evaluate(student)
     run.record(
         event="eval", phase=phase, step=st["step"], global_step=run.global_step,
