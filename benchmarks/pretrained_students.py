@@ -1,11 +1,13 @@
 """How much a pretrained zoo student is worth on a real task: the numbers its model card quotes.
 
 For a pretrained student (a folder written by ``scripts/pretrain_*.py``, or a catalogue name) and a real task of
-``benchmarks/real_tasks.py`` (``debian-sections``), one run prints, on the task's test split:
+``benchmarks/real_tasks.py`` (``debian-sections`` for a text student, ``fashion-mnist`` for an image one), one run
+prints, on the task's test split:
 
-- ``baseline``: TF-IDF + logistic regression (the strongest simple alternative, as in ``real_tasks.py``);
-- ``teacher_probe``: the frozen teacher encoder (all-MiniLM-L6-v2, mean-pooled, normalised, 128 tokens) +
-  logistic regression;
+- ``baseline``: TF-IDF + logistic regression, or logistic regression on the pixels (the strongest simple
+  alternative, as in ``real_tasks.py``);
+- ``teacher_probe``: the frozen teacher encoder (all-MiniLM-L6-v2 mean-pooled at 128 tokens, or the ImageNet
+  EfficientNet-Lite0's pooled features at 128 px), normalised, + logistic regression;
 - ``probe``: the frozen pretrained student (its ``embedding`` head, normalised) + logistic regression;
 - ``finetuned``: ``zoo finetune STUDENT --data TASK`` with labels only (new ``label`` head, ``--steps``);
 - ``blank_finetuned``: the same architecture and tokenizer with fresh weights, fine-tuned the same way;
@@ -38,7 +40,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.real_tasks import CACHE, TASKS, fit_lr, frozen_encoder_lr, labels_of, text_baseline  # noqa: E402
+from benchmarks.real_tasks import CACHE, TASKS, fit_lr, frozen_encoder_lr, image_baseline, labels_of, text_baseline  # noqa: E402,E501
 
 
 def student_embeddings(student, rows: list[dict], batch_size: int = 256) -> np.ndarray:
@@ -63,7 +65,7 @@ def blank_copy(student, folder: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--student", required=True, help="pretrained student folder or catalogue name")
-    ap.add_argument("--task", default="debian-sections", choices=["debian-sections"])
+    ap.add_argument("--task", default="debian-sections", choices=["debian-sections", "fashion-mnist"])
     ap.add_argument("--steps", type=int, default=1200, help="labels-only fine-tune steps (batch 32)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--teacher", default=None, help="a zoo teacher folder: also fine-tune with logit KD from it")
@@ -89,10 +91,13 @@ def main(argv=None) -> int:
     train, val, test = (list(data.splits[s]) for s in ("train", "validation", "test"))
     ys = labels_of(train, val, test)
     results: dict[str, dict] = {}
-    b = text_baseline(train, val, test)
-    results["baseline"] = {"accuracy": b["accuracy"], "note": f"TF-IDF + LR, C={b['C']}"}
-    fe = frozen_encoder_lr(spec["teacher"](), "text", train, val, test, Path(a.cache) / a.task)
-    note = f"frozen all-MiniLM-L6-v2 (128 tokens) + LR, C={fe['C']}"
+    modality = spec["modality"]
+    b = (text_baseline if modality == "text" else image_baseline)(train, val, test)
+    what = "TF-IDF + LR" if modality == "text" else "LR on pixels"
+    results["baseline"] = {"accuracy": b["accuracy"], "note": f"{what}, C={b['C']}"}
+    fe = frozen_encoder_lr(spec["teacher"](), modality, train, val, test, Path(a.cache) / a.task)
+    encoder = "all-MiniLM-L6-v2 (128 tokens)" if modality == "text" else "ImageNet EfficientNet-Lite0 (128 px)"
+    note = f"frozen {encoder} + LR, C={fe['C']}"
     results["teacher_probe"] = {"accuracy": fe["accuracy"], "note": note}
     log(f"baseline {100 * b['accuracy']:.2f}%, teacher probe {100 * fe['accuracy']:.2f}%")
 
@@ -113,7 +118,7 @@ def main(argv=None) -> int:
         for name, start, steps, teacher in runs:
             t0 = time.perf_counter()
             out = finetune(
-                start, data, work / name, steps=steps, lr=a.lr, teachers={"text": teacher} if teacher else None,
+                start, data, work / name, steps=steps, lr=a.lr, teachers={modality: teacher} if teacher else None,
                 progress=False,
             )  # fmt: skip
             entry = json.loads((out / "metrics.json").read_text())["models"]["finetuned"]

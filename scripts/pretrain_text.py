@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from scripts._pretrain import fit_embeddings, split_held_out  # noqa: E402
 
 
 def _ort_encoder(folder: str, cache: Path):
@@ -181,52 +182,11 @@ def main(argv=None) -> int:
     ]
     x = {k: torch.cat([p[k] for p in x]) for k in x[0] if k != "labels"}
     g = torch.Generator().manual_seed(a.seed)
-    perm = torch.randperm(len(texts), generator=g)
-    n_held = max(len(texts) // 50, 1)
-    held, train = perm[:n_held], perm[n_held:]
-    steps = int(a.epochs * len(train) / a.batch_size)
-    decay = [p for n, p in student.named_parameters() if p.dim() >= 2 and "pos_embed" not in n]
-    rest = [p for n, p in student.named_parameters() if not (p.dim() >= 2 and "pos_embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=a.lr)
-    warm = max(steps // 20, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(steps - warm, 1)))
+    held, train = split_held_out(len(texts), g)
+    n_held = len(held)
+    steps, final = fit_embeddings(
+        student, x, target, held, train, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, generator=g, log=log
     )
-
-    def agreement() -> float:
-        student.eval()
-        with torch.no_grad():
-            cos = []
-            for i in range(0, len(held), 256):
-                idx = held[i : i + 256]
-                out = student(**{k: v[idx] for k, v in x.items()})
-                cos.append(F.cosine_similarity(out, target[idx], dim=-1))
-        student.train()
-        return float(torch.cat(cos).mean())
-
-    log(f"held-out agreement before training: {agreement():.4f}; {steps} steps")
-    student.train()
-    order, pos = torch.randperm(len(train), generator=g), 0
-    t0 = time.perf_counter()
-    for s in range(steps):
-        if pos + a.batch_size > len(train):
-            order, pos = torch.randperm(len(train), generator=g), 0
-        idx = train[order[pos : pos + a.batch_size]]
-        pos += a.batch_size
-        out = student(**{k: v[idx] for k, v in x.items()})
-        loss = (1 - F.cosine_similarity(out, target[idx], dim=-1)).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if (s + 1) % 200 == 0 or s + 1 == steps:
-            rate = (s + 1) / (time.perf_counter() - t0)
-            log(
-                f"step {s + 1}/{steps} loss {loss.item():.4f} agreement {agreement():.4f} "
-                f"eta {(steps - s - 1) / rate:.0f}s"
-            )
-    final = agreement()
     out_dir = Path(a.out)
     student.eval()
     student.save_pretrained(out_dir)

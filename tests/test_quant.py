@@ -43,7 +43,7 @@ def test_weight_quantization_is_per_channel_symmetric():
     w = torch.randn(6, 5) * torch.arange(1, 7)[:, None]
     q, s = quantize_weight(w)
     assert q.dtype == torch.int8 and s.shape == (6,)
-    assert q.abs().max() == 127 and q.min() >= -127
+    assert q.abs().max() == 63 and q.min() >= -63  # 7 bits: no int16 saturation in ONNX Runtime's U8S8 kernels
     torch.testing.assert_close(q.float() * s[:, None], fake_quant_weight(w), rtol=0, atol=0)
     assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-7).all()
 

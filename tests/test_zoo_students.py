@@ -229,3 +229,26 @@ def test_auto_init_finds_the_shipped_student_for_an_architecture_and_its_modalit
 
 def test_the_real_catalogue_ships_hybrid_tiny_text_for_auto_init():
     assert catalogue.pretrained_for("hybrid_tiny", ["text"]) == "hybrid-tiny-text"
+
+
+def test_an_image_student_card_speaks_of_images(tmp_path):
+    """The card follows the modality: the usage example, the data files and the limits come from the script's record."""
+    from zoo.pretrained_card import build_pretrained_card
+
+    torch.manual_seed(0)
+    student = zoo.create_student("hybrid_test", modalities=["image"], tasks={"embedding": 16})
+    folder = tmp_path / "image-student"
+    student.save_pretrained(folder)
+    record = {
+        "teacher": "a tiny CNN",
+        "steps": 3,
+        "settings": {"teacher_size": 64, "teacher_runtime": "ort-fp32", "epochs": 1},
+        "example_input": {"image": "shirt.png"},
+        "limitations": ["Grey clothing images only."],
+    }
+    (folder / "pretraining.json").write_text(json.dumps(record))
+    text = str(build_pretrained_card(folder, name="distill-zoo/image-student"))
+    assert 'student.preprocess([{"image": "shirt.png"}])' in text and "16 numbers per image" in text
+    assert "--data my_images.csv --teacher image=TEACHER_DIR" in text and "teacher at 64 px" in text
+    assert "- Grey clothing images only." in text and "Images are resized to 16 x 16 pixels." in text
+    assert "tokens" not in text and "ONNX Runtime fp32" in text

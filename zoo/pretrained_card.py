@@ -26,7 +26,11 @@ from zoo.cards import (
 
 PRETRAINING_NAME = "pretraining.json"  # written by scripts/pretrain_*.py
 EVALUATION_NAME = "evaluation.json"  # written by benchmarks/pretrained_students.py --json
-RUNTIMES = {"torch": "torch fp32", "ort-int8": "ONNX Runtime, dynamic int8"}
+RUNTIMES = {"torch": "torch fp32", "ort-int8": "ONNX Runtime, dynamic int8", "ort-fp32": "ONNX Runtime fp32"}
+TEXT_LIMITATIONS = (
+    "English only, and the corpus is one domain (software descriptions): expect less on other text.",
+    "The embedding imitates the teacher's; it is not a replacement for the teacher's retrieval quality.",
+)
 
 
 def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = None, name: str | None = None):
@@ -57,6 +61,12 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
     if params is None and (folder / "model.safetensors").exists():
         params = safetensors_params(folder / "model.safetensors")
     tags = ["distill-zoo", "distillation", "knowledge-distillation", "pretrained", *modalities]
+    # what the usage example feeds it, and the data files it names: the script's record, else a text student's
+    example = pre.get("example_input") or {"text": EXAMPLE_TEXT}
+    kind = next(iter(example), "text")
+    files = f"my_{kind}s.csv"
+    sizes = [f"max_length {fmt_value(settings['max_length'])} tokens"] if "max_length" in settings else []
+    sizes += [f"teacher at {fmt_value(settings['teacher_size'])} px"] if "teacher_size" in settings else []
     data = ModelCardData(
         model_name=name,
         library_name="distill-zoo",
@@ -79,14 +89,14 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         "import zoo",
         "",
         f'student = zoo.load("{load}")  # the weights ship with distill-zoo: works offline',
-        'batch = student.preprocess([{"text": "' + EXAMPLE_TEXT + '"}])',
+        f"batch = student.preprocess([{json.dumps(example)}])",
         'batch.pop("labels", None)',
-        f"embedding = student(**batch)  # {config.get('tasks', {}).get('embedding', NA)} numbers per text",
+        f"embedding = student(**batch)  # {config.get('tasks', {}).get('embedding', NA)} numbers per {kind}",
         "```",
         "",
         "```bash",
-        f"zoo finetune {load} --data my_texts.csv --out my-student            # labels only",
-        f"zoo finetune {load} --data my_texts.csv --teacher text=TEACHER_DIR  # plus KD (zoo teacher makes one)",
+        f"zoo finetune {load} --data {files} --out my-student            # labels only",
+        f"zoo finetune {load} --data {files} --teacher {kind}=TEACHER_DIR  # plus KD (zoo teacher makes one)",
         "```",
         "",
         "## How it was made",
@@ -98,8 +108,9 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         f"{fmt_value(corpus.get('held_out'))} held out |",
         f"| corpus licence | {escape(corpus.get('licence', NA))} |",
         f"| training | {fmt_value(pre.get('steps'))} steps, batch {fmt_value(settings.get('batch_size'))}, lr "
-        f"{fmt_value(settings.get('lr'))}, {fmt_value(settings.get('epochs'))} epochs, max_length "
-        f"{fmt_value(settings.get('max_length'))} tokens, seed {fmt_value(settings.get('seed'))} |",
+        f"{fmt_value(settings.get('lr'))}, {fmt_value(settings.get('epochs'))} epochs, "
+        + "".join(f"{x}, " for x in sizes)
+        + f"seed {fmt_value(settings.get('seed'))} |",
         f"| teacher targets | the teacher run in {escape(RUNTIMES.get(settings.get('teacher_runtime'), NA))} |",
         f"| held-out agreement | mean cosine {fmt_value(pre.get('held_out_cosine'))} with the teacher's embedding |",
         f"| time | {fmt_value(pre.get('seconds'))} s on one CPU thread |",
@@ -121,12 +132,11 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
                 f"| {escape(key)} | {fmt_pct(e.get('accuracy'))} | {fmt_latency(e)} | {escape(e.get('note', ''))} |"
             )
         lines += ["", f"Command: `{escape(ev.get('command', NA))}`", ""]
-    lines += [
-        "## Limitations",
-        "",
-        "- English only, and the corpus is one domain (software descriptions): expect less on other text.",
-        "- The embedding imitates the teacher's; it is not a replacement for the teacher's retrieval quality.",
-        f"- Texts are cut at {fmt_value((config.get('text') or {}).get('max_length'))} tokens.",
-        "",
-    ]
+    limits = list(pre.get("limitations") or TEXT_LIMITATIONS)
+    if "text" in modalities:
+        limits.append(f"Texts are cut at {fmt_value((config.get('text') or {}).get('max_length'))} tokens.")
+    if "image" in modalities:
+        size = (config.get("image") or {}).get("image_size")
+        limits.append(f"Images are resized to {fmt_value(size)} x {fmt_value(size)} pixels.")
+    lines += ["## Limitations", "", *(f"- {escape(x)}" for x in limits), ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

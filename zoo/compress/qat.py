@@ -18,7 +18,8 @@ from torch import nn
 QUANT_FORMAT = "distill-zoo-int8"
 QUANT_VERSION = 2  # 2 added the "pointwise" kind; version 1 schemes (every conv "conv") still load
 READABLE_VERSIONS = (1, 2)
-W_QMIN, W_QMAX = -127, 127  # narrow symmetric range: no -128, so w and -w quantize alike
+W_QMIN, W_QMAX = -63, 63  # GEMM weights: 7-bit, narrow symmetric (no -64, so w and -w quantize alike); see quant.py
+EMBED_QMAX = 127  # embedding rows: full narrow int8
 A_QMIN, A_QMAX = 0, 255
 OBSERVERS = ("ema", "lsq")
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d, "pointwise": nn.Conv2d, "embedding": nn.Embedding}
@@ -42,24 +43,24 @@ def _kind_of(m: nn.Module) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ primitives
-def weight_scale(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 scale: max|w| over each row / filter, divided by 127."""
+def weight_scale(weight: torch.Tensor, qmax: int = W_QMAX) -> torch.Tensor:
+    """Per-output-channel symmetric scale: max|w| over each row / filter, divided by ``qmax``."""
     amax = weight.detach().abs().flatten(1).amax(dim=1)
-    return (amax / W_QMAX).clamp(min=1e-12).float()
+    return (amax / qmax).clamp(min=1e-12).float()
 
 
-def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Round weights to their int8 grid (per output channel) with a straight-through gradient."""
-    scale = weight_scale(weight)
+def fake_quant_weight(weight: torch.Tensor, qmax: int = W_QMAX) -> torch.Tensor:
+    """Round weights to their grid of [-qmax, qmax] (per output channel) with a straight-through gradient."""
+    scale = weight_scale(weight, qmax)
     zero = torch.zeros(scale.shape, dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, W_QMIN, W_QMAX)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(weight: torch.Tensor, qmax: int = W_QMAX) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights -> (int8 tensor, float scale per output channel); ``q * scale`` equals ``fake_quant_weight(w)``."""
-    scale = weight_scale(weight)
+    scale = weight_scale(weight, qmax)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    q = torch.round(fake_quant_weight(weight.detach()) / scale.view(shape)).clamp(W_QMIN, W_QMAX)
+    q = torch.round(fake_quant_weight(weight.detach(), qmax) / scale.view(shape)).clamp(-qmax, qmax)
     return q.to(torch.int8), scale
 
 
@@ -237,10 +238,10 @@ class QATEmbedding(nn.Module):
         self.padding_idx, self.weight = embedding.padding_idx, embedding.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, fake_quant_weight(self.weight), self.padding_idx)
+        return F.embedding(ids, fake_quant_weight(self.weight, EMBED_QMAX), self.padding_idx)
 
     def int8_state(self) -> dict[str, torch.Tensor]:
-        q, s = quantize_weight(self.weight)
+        q, s = quantize_weight(self.weight, EMBED_QMAX)
         return {"weight": q, "weight_scale": s}
 
 
