@@ -272,26 +272,29 @@ def export_image_teacher_onnx(teacher, calibration: list[dict], folder: Path) ->
     torch.export (``dynamo=True``) fixes the image size, so TF "SAME" padding becomes the Conv's own pads (the
     TorchScript tracer keeps it as ~200 shape ops). Static, not dynamic: onnxruntime's docs recommend static
     quantization for CNNs; dynamic quantization turns each Conv into ConvInteger, which ran EfficientNet-Lite0
-    7x slower than fp32 here (168 vs 24 ms at batch 1), so no user would ship it.
+    7x slower than fp32 here (168 vs 24 ms at batch 1), so no user would ship it. ``reduce_range`` (7-bit weights),
+    as the zoo's int8 students have: on x86 without VNNI ONNX Runtime's U8S8 kernels saturate int16 with 8-bit
+    weights, which cost this teacher 3.65 points (84.70% against 88.35% fp32) before.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    fp32, int8 = folder / "teacher_fp32.onnx", folder / "teacher_int8.onnx"
+    fp32, int8 = folder / "teacher_fp32.onnx", folder / "teacher_int8_reduce_range.onnx"
     if fp32.is_file() and int8.is_file():
         return fp32, int8
     folder.mkdir(parents=True, exist_ok=True)
     example = teacher.preprocess(calibration[:2])["pixel_values"]  # (B, 3, H, W)
     tmp = fp32.with_suffix(".tmp.onnx")
-    program = torch.onnx.export(
-        teacher.model.eval(),
-        (example,),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-        dynamo=True,
-    )
-    program.save(str(tmp))
-    os.replace(tmp, fp32)
+    if not fp32.is_file():
+        program = torch.onnx.export(
+            teacher.model.eval(),
+            (example,),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            dynamo=True,
+        )
+        program.save(str(tmp))
+        os.replace(tmp, fp32)
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -303,7 +306,13 @@ def export_image_teacher_onnx(teacher, calibration: list[dict], folder: Path) ->
 
     tmp = int8.with_suffix(".tmp.onnx")
     quantize_static(
-        str(fp32), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8
+        str(fp32),
+        str(tmp),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        reduce_range=True,
     )
     os.replace(tmp, int8)
     return fp32, int8
