@@ -232,6 +232,10 @@ class HardwareStage(CompressionStage):
         super().__post_init__()
         _number(self, "latency_budget_ms", above=True)
         _number(self, "latency_budget_ratio", above=True)
+        from zoo.compress.hardware import runtime_problem  # an unknown or uninstalled runtime fails before any work
+
+        if runtime_problem(self.runtime):
+            raise BadValue("runtime", self.runtime, runtime_problem(self.runtime))
 
 
 @dataclass
