@@ -10,8 +10,9 @@ Runtimes: torch eager (fp32, reference), ONNX Runtime (``zoo.compress.export.onn
 (``zoo.compress.runtimes``) when installed; every one at one thread. TVM is compiled for batch 1, 32 and 64 with its
 default schedules, or tuned with ``--tvm-trials N`` MetaSchedule trials per library (minutes per library on one
 core). Latency: the median of single calls, every model of one batch size called in turn each round
-(``zoo.bench.interleaved_ms``) so the host's load hits them alike. GEMM peak: the best of torch fp32 matmuls
-(1024-2048 squared) at one thread; the student's FLOPs are 2 x its MACs (``zoo.compress.hardware.count_macs``).
+(``zoo.bench.interleaved_ms``) so the host's load hits them alike. GEMM peak: a 1024 x 1024 fp32 ``torch.matmul``
+at one thread, timed in the same rounds as the batch-64 calls; the student's FLOPs are 2 x its MACs
+(``zoo.compress.hardware.count_macs``).
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/runtimes.py [--run DIR] [--data SOURCE] \
         [--rounds 30] [--tvm-trials 0]
@@ -33,7 +34,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from zoo.bench import accuracy, interleaved_ms, median_ms  # noqa: E402
+from zoo.bench import accuracy, interleaved_ms  # noqa: E402
 from zoo.compress import runtimes  # noqa: E402
 from zoo.compress.export import export_onnx  # noqa: E402
 from zoo.compress.hardware import count_macs  # noqa: E402
@@ -45,17 +46,7 @@ DEFAULT_RUN = Path.home() / ".cache/distill-zoo/benchmarks/debian-sections/disti
 DEFAULT_DATA = HERE / "data" / "debian-sections"
 BATCHES = (1, 32)
 THROUGHPUT_BATCH = 64
-
-
-def gemm_peak_gflops(sizes=(1024, 1536, 2048), repeats: int = 5) -> float:
-    """The best fp32 GFLOP/s of ``torch.matmul`` on square matrices at one thread."""
-    torch.set_num_threads(1)
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        ms = median_ms(lambda a=a, b=b: torch.matmul(a, b), repeats=repeats, warmup=1)
-        best = max(best, 2 * n**3 / (ms / 1000) / 1e9)
-    return best
+GEMM_SIZE = 1024  # fp32 matmul whose GFLOP/s at one thread stands for the machine's peak
 
 
 def batches_from(student, samples: list[dict], sizes) -> dict[int, dict]:
@@ -114,6 +105,7 @@ def report(args, students: dict, sessions: dict, test: list[dict]) -> None:
     batches = batches_from(fp32, test, (*BATCHES, THROUGHPUT_BATCH))
     rows = {}
     for (runtime, precision), s in sessions.items():
+        print(f"accuracy on {runtime} {precision}", flush=True)
         student = students[precision]
         with torch.no_grad():
             ref = student(**batches[32])
@@ -140,6 +132,9 @@ def report(args, students: dict, sessions: dict, test: list[dict]) -> None:
                 continue
             feeds = s.feeds(batches[n])
             calls[key] = lambda s=s, feeds=feeds: s.run(feeds)
+        if n == THROUGHPUT_BATCH:  # the GEMM peak in the same rounds: the host's load hits it alike
+            a, b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
+            calls["gemm", "fp32"] = lambda a=a, b=b: torch.matmul(a, b)
         rounds = args.rounds if n == 1 else max(args.rounds // 3, 5)
         for key, t in interleaved_ms(calls, rounds=rounds).items():
             lat[key + (n,)] = t["median"]
@@ -165,7 +160,7 @@ def report(args, students: dict, sessions: dict, test: list[dict]) -> None:
         ratios.append(lat[f] / lat[q])
         print(f"batch {n}: best fp32 {f[0]} {lat[f]:.2f} ms, best int8 {q[0]} {lat[q]:.2f} ms: {ratios[-1]:.2f}x")
     flops = 2 * count_macs(fp32, batches[THROUGHPUT_BATCH])
-    peak = gemm_peak_gflops()
+    peak = 2 * GEMM_SIZE**3 / (lat.pop(("gemm", "fp32", THROUGHPUT_BATCH)) / 1000) / 1e9
     through = {k[0]: flops / (lat[k] / 1000) / 1e9 for k in lat if k[2] == THROUGHPUT_BATCH}
     top = max(through, key=through.get)
     print(f"fp32 batch {THROUGHPUT_BATCH}: {flops / 1e9:.2f} GFLOP per call; "

@@ -218,6 +218,8 @@ def export_tvm(
     """Compile the ONNX graph for the local CPU at each of ``batch_sizes`` into ``out_dir`` (``batch<N>.so`` each,
     ``export.json``), replacing the folder whole; returns ``out_dir``. Needs a C compiler to link the libraries."""
     tvm = require("tvm")
+    if not any(shutil.which(c) for c in ("gcc", "g++", "clang", "cc")):
+        raise RuntimeError("TVM links its compiled libraries with a C compiler: install gcc (or clang) first.")
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"TVM batch sizes {batch_sizes!r}: give one or more positive sizes.")
