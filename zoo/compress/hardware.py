@@ -87,7 +87,7 @@ def check_runtime(runtime: str, student: nn.Module | None = None) -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="zoo-ops-"))
     try:
-        path = export_onnx(student.eval(), tmp / "model.onnx")
+        path = export_onnx(student, tmp / "model.onnx")  # in eval mode for the export, its mode restored
         if runtime == "openvino":
             runtimes.convert_openvino(path)
         else:
