@@ -516,3 +516,16 @@ def test_a_diverging_compression_stage_is_rolled_back_and_the_run_finishes(tiny_
     assert all(r["reason"].startswith("diverged: ") for r in prune["rollbacks"])
     assert "pruned" not in metrics["models"] and "distilled" in metrics["models"]
     assert (out / "metrics.json").is_file() and (out / "README.md").is_file()
+
+
+def test_a_train_split_too_large_to_preprocess_up_front_trains(tiny_data, tiny_teachers, tmp_path, monkeypatch):
+    """Above rows.MATERIALIZE_MAX the train rows are preprocessed per batch; their ids still come from the split (the
+    teacher cache and the loss read them), as with 6000 labelled + 20000 unlabeled fashion-mnist images."""
+    import zoo.train.rows as rows
+
+    monkeypatch.setattr(rows, "MATERIALIZE_MAX", 50)  # the 96 train rows are 'large'; 32-row splits stay small
+    ov = [*TINY, "train.baseline=false", "stages.pretrain=null", "stages.mixed_distill=null"]
+    metrics = distill("quickstart", tmp_path / "big", data=tiny_data, teachers=tiny_teachers, overrides=ov,
+                      progress=False)  # fmt: skip
+    assert metrics["models"]["distilled"]["accuracy"] is not None
+    assert rows.Rows(tiny_data.splits["train"], {}).ids == [str(s["id"]) for s in tiny_data.splits["train"]]

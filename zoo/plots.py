@@ -221,7 +221,12 @@ def as_float(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-RUNTIME_MARKERS = {"torch": ("o", "torch eager"), "onnxruntime": ("s", "ONNX Runtime")}
+RUNTIME_MARKERS = {
+    "torch": ("o", "torch eager"),
+    "onnxruntime": ("s", "ONNX Runtime"),
+    "openvino": ("D", "OpenVINO"),
+    "tvm": ("^", "TVM"),
+}
 
 
 def latency_points(metrics: dict) -> list[dict]:

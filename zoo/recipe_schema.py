@@ -8,6 +8,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from zoo.compress.runtimes import runtime_problem
 from zoo.registry import list_models
 
 STAGE_ORDER = ("pretrain", "soft_distill", "mixed_distill", "prune", "quant_finetune", "hardware_adapt")
@@ -216,6 +217,9 @@ class HardwareStage(CompressionStage):
         super().__post_init__()
         _number(self, "latency_budget_ms", above=True)
         _number(self, "latency_budget_ratio", above=True)
+        problem = runtime_problem(self.runtime)  # an unknown or uninstalled runtime fails before any work
+        if problem:
+            raise BadValue("runtime", self.runtime, problem)
 
 
 @dataclass

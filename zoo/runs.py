@@ -55,6 +55,10 @@ RUN_MODELS: tuple[RunModel, ...] = (
     RunModel("int8", "int8", "int8", float_weights=False),
     RunModel("onnx_fp32", "ONNX fp32"),
     RunModel("onnx_int8", "ONNX int8", "int8", float_weights=False),
+    RunModel("openvino_fp32", "OpenVINO fp32"),
+    RunModel("openvino_int8", "OpenVINO int8", "int8", float_weights=False),
+    RunModel("tvm_fp32", "TVM fp32"),
+    RunModel("tvm_int8", "TVM int8", "int8", float_weights=False),
     RunModel("hardware", "fitted to a latency budget", "hardware"),
 )
 MODELS = {m.key: m for m in RUN_MODELS}

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.bench import median_ms
 from zoo.io import atomic_path, check_finite
 from zoo.modalities import MODALITIES, input_keys
 
@@ -375,12 +374,6 @@ def onnx_feed(session, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def run_onnx(session, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits of the first task for a flat batch."""
     return torch.from_numpy(session.run(None, onnx_feed(session, batch))[0])
-
-
-def onnx_latency_ms(session, batch: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
-    """Median latency (ms) of one ``session.run`` on ``batch``."""
-    feed = onnx_feed(session, batch)
-    return median_ms(lambda: session.run(None, feed), repeats=repeats, warmup=warmup)
 
 
 def onnx_max_abs_diff(student: nn.Module, session, batch: dict[str, torch.Tensor]) -> float:

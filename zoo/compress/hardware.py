@@ -3,7 +3,10 @@
 Runtimes (batch 1, one thread, median over repeats):
 - ``torch``: eager PyTorch;
 - ``torch_compile``: ``torch.compile(fullgraph=True)`` (inductor); the first calls compile, so warm-up is longer;
-- ``onnxruntime``: the student exported with ``zoo.compress.export.export_onnx`` and run by ONNX Runtime's CPU provider.
+- ``onnxruntime``: the student exported with ``zoo.compress.export.export_onnx`` and run by ONNX Runtime's CPU provider;
+- ``openvino``, ``tvm``: that ONNX graph compiled by OpenVINO / TVM for this CPU (``zoo.compress.runtimes``, optional
+  extras). ``check_runtime`` says before any work whether a runtime is installed and, given a student, whether the
+  runtime has every operator of its graph.
 
 ``fit_latency_budget`` bisects the pruning keep ratio on measured latency (latency falls as keep falls, up to noise
 and width rounding) and checks that the chosen student runs on the runtime with outputs matching eager PyTorch. The
@@ -26,19 +29,21 @@ from zoo.bench import (
     count_params,
     folder_size_bytes,
     latency_ms,
+    median_ms,
     model_entry,
     one_thread,
     read_metrics,
     student_predict,
     update_metrics,
 )
-from zoo.compress.export import example_batch, export_onnx, onnx_latency_ms, onnx_session, run_onnx
+from zoo.compress import runtimes
+from zoo.compress.export import example_batch, export_onnx
 from zoo.compress.prune import CRITERIA, SCOPES, TARGETS, _prune, pruned_widths, taylor_scores
 from zoo.compress.quant import is_qat, is_quantized
 from zoo.data import load
 from zoo.runs import METRICS_NAME
 
-RUNTIMES = ("torch", "torch_compile", "onnxruntime")
+RUNTIMES = runtimes.HARDWARE_RUNTIMES
 # largest |logit difference| vs eager torch accepted when checking a runtime (float graphs; int8 gets 20x)
 RUNTIME_ATOL = 1e-3
 
@@ -57,9 +62,22 @@ def count_macs(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
     return counter.get_total_flops() // 2
 
 
-def _check_runtime(runtime: str) -> None:
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r}: choose one of {list(RUNTIMES)}.")
+def check_runtime(runtime: str, student: nn.Module | None = None) -> None:
+    """Fail early when ``runtime`` is unknown or not installed, or (given ``student``) lacks an operator of the
+    student's graph: OpenVINO must convert its ONNX graph, TVM must have a converter for every node and import it.
+    Cheap next to the compile and the latency trials (no build); the errors name the runtime and the operators."""
+    runtimes.check_installed(runtime)
+    if student is None or runtime not in runtimes.EXTRAS:
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="zoo-ops-"))
+    try:
+        path = export_onnx(student, tmp / "model.onnx")  # in eval mode for the export, its mode restored
+        if runtime == "openvino":
+            runtimes.convert_openvino(path)
+        else:
+            runtimes.import_tvm(path, batch_size=1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def runtime_latency_ms(
@@ -71,7 +89,7 @@ def runtime_latency_ms(
     ``RUNTIME_ATOL``, 20x that for int8 graphs whose rounding may differ) are an error naming the runtime.
     """
 
-    _check_runtime(runtime)
+    runtimes.check_installed(runtime)
     one = _first(batch)
     student.eval()
     with torch.no_grad():
@@ -87,13 +105,18 @@ def runtime_latency_ms(
             except Exception as e:  # inductor raises many types; name the runtime and the cause
                 raise RuntimeError(f"the student does not compile with torch.compile(fullgraph=True): {e}") from e
         ms = latency_ms(compiled, one, repeats=repeats, warmup=3)
-    else:
+    else:  # the ONNX graph on its runtime: as is, or compiled by OpenVINO / TVM at batch 1
         tmp = Path(tempfile.mkdtemp(prefix="zoo-onnx-"))
         try:
             path = export_onnx(student, tmp / "model.onnx", {k: v.repeat_interleave(2, 0) for k, v in one.items()})
-            session = onnx_session(path, threads=1)
-            diff = float((run_onnx(session, one) - ref).abs().max())
-            ms = onnx_latency_ms(session, one, repeats=repeats)
+            if runtime == "openvino":
+                path = runtimes.export_openvino(path, tmp / "openvino")
+            elif runtime == "tvm":
+                path = runtimes.export_tvm(path, tmp / "tvm", (1,))
+            compiled = runtimes.session(path, threads=1)
+            diff = float((compiled.logits(one) - ref).abs().max())
+            feeds = compiled.feeds(one)
+            ms = median_ms(lambda: compiled.run(feeds), repeats=repeats)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     tol = RUNTIME_ATOL * (20 if is_quantized(student) else 1) * max(1.0, float(ref.abs().max()))
@@ -129,7 +152,7 @@ def fit_latency_budget(
     Returns (student, report) with the budget, measured latency, runtime, keep and every trial.
     """
 
-    _check_runtime(runtime)
+    runtimes.check_installed(runtime)
     if is_quantized(student) or is_qat(student):
         raise ValueError(
             "fit_latency_budget prunes, so it takes the float student: run it before quantizing (quant_finetune), "

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zoo.compress.hardware import fit_latency_budget
+from zoo.compress.hardware import check_runtime, fit_latency_budget
 from zoo.compress.prune import prune_student
 from zoo.compress.quant import calibrate, convert_int8, prepare_qat
 from zoo.io import atomic_write_json
@@ -108,6 +108,7 @@ def _prepare_hardware(run, stage, student, settings: dict, phase: str):
         if "budget_ms" in fit:  # the budget the saved student was fitted to, as the first run logged it
             settings["latency_budget_ms"] = round(fit["budget_ms"], 3)
         return resumed[0], resumed[1], _reference(stage, student)
+    check_runtime(settings["runtime"], student)  # an operator the runtime lacks: named before the trials
     example = example_batches(run, 1)[0]
     example = {k: v[:1] for k, v in example.items() if k != "labels"}
     try:

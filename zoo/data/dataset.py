@@ -322,6 +322,11 @@ class Split:
         return np.array([v is not None for v in self.dataset[modality]], dtype=bool)
 
     @property
+    def ids(self) -> list[str]:
+        """Every row's id, read from the undecoded rows (no media is decoded)."""
+        return [str(x) for x in self.dataset["id"]]
+
+    @property
     def labels(self) -> np.ndarray:
         return np.array([-100 if y is None else y for y in self.dataset["label"]], dtype=np.int64)
 

@@ -9,6 +9,12 @@ from zoo.modalities import IGNORE_INDEX, collate
 MATERIALIZE_MAX = 20000  # splits up to this many rows are decoded and preprocessed once, up front
 
 
+def _split_ids(split) -> list[str]:
+    """Every row's id: ``split.ids`` (a ``zoo.data`` split reads them without decoding media), else row by row."""
+    ids = getattr(split, "ids", None)
+    return list(ids) if ids is not None else [str(split[i]["id"]) for i in range(len(split))]
+
+
 class Rows(torch.utils.data.Dataset):
     """Rows of one split as student tensors: preprocessed once when small, on the fly (per row) when large."""
 
@@ -24,6 +30,8 @@ class Rows(torch.utils.data.Dataset):
             parts = [collate(samples[i : i + 256], preprocessors) for i in range(0, n, 256)]
             self.tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             self.samples = samples
+        elif self.ids is None:
+            self.ids = _split_ids(split)
 
     def __len__(self) -> int:
         return len(self.split)

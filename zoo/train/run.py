@@ -43,6 +43,7 @@ from transformers.utils import logging as hf_logging
 from zoo import console
 from zoo import data as zdata
 from zoo.compress.guard import compression_stage
+from zoo.compress.hardware import check_runtime
 from zoo.controller import BanditController
 from zoo.io import atomic_write_json, load_state_dict_checked, not_local, pid_alive, save_state_dict_atomic
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
@@ -286,6 +287,9 @@ class Run(RunTeachers):
         t0 = time.perf_counter()
         set_seed(r.seed)
         self.student = self.new_student()
+        hw = r.stages.hardware_adapt
+        if hw is not None and hw.enabled:
+            check_runtime(hw.runtime, self.student)  # an operator the runtime lacks fails now, not after the training
         self.log(
             f"student: {r.student} ({sum(p.numel() for p in self.student.parameters()) / 1e6:.2f}M params), "
             f"modalities {self.student.config.modalities}"
