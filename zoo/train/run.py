@@ -23,7 +23,6 @@ The output folder's layout is in ``zoo.runs``.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -47,15 +46,14 @@ from zoo.compress.hardware import check_runtime
 from zoo.controller import BanditController
 from zoo.io import atomic_write_json, load_state_dict_checked, not_local, pid_alive, save_state_dict_atomic
 from zoo.recipe import DISTILL_STAGES, Recipe, Stage, apply_overrides, load_recipe, recipe_from_dict
-from zoo.registry import create_student
 from zoo.runs import JSONL_NAME, STATE_NAME
 from zoo.students import load_student
 from zoo.teachers.train import train_teachers
 from zoo.train.loop import StopRun, train_phase
 from zoo.train.report import measure
 from zoo.train.rows import Rows, collate_rows, split_inputs, truncation_lines, truncation_report
+from zoo.train.starting import RunStudent
 from zoo.train.teaching import RunTeachers, load_teachers
-from zoo.train.tokens import inherit_token_embeddings, student_tokenizer, tokenizer_kind
 
 LOCK_NAME = ".lock"  # the pid of the run writing into the folder
 STOP_ENV = "ZOO_STOP_AFTER_STEPS"  # simulate a crash after this many optimizer steps (resume tests)
@@ -100,7 +98,7 @@ def _quiet_ddp_notes(device) -> None:
     sys.stderr.write("".join(other))
 
 
-class Run(RunTeachers):
+class Run(RunTeachers, RunStudent):
     """One ``zoo distill`` run: holds the accelerator, data, teachers, student and the output folder."""
 
     def __init__(
@@ -321,77 +319,6 @@ class Run(RunTeachers):
         """A loud log line, kept for metrics.json's ``run.warnings``."""
         self.warnings.append(message)
         self.log(f"WARNING: {message}")
-
-    def new_student(self, inherit: bool = True):
-        """A freshly initialised student (seeded), with the run's tokenizer; ``student_init: teacher`` (and
-        ``inherit``) starts its token embeddings from the text teacher's; ``student_init: <pretrained student>``
-        (and ``inherit``) is that student with a fresh head for the labels, else (the raw baseline) a blank copy."""
-        r = self.recipe
-        init = self.student_init()
-        if init not in ("random", "teacher"):
-            return self._pretrained_student(init, inherit)
-        overrides = copy.deepcopy(r.student_overrides)
-        id2label = {str(k): v for k, v in self.data.id2label.items()}
-        kwargs, kept = {}, None
-        if "text" in self.modalities and tokenizer_kind(r.tokenizer, self.teacher_paths) != "train":
-            # a given tokenizer sizes the embedding (as create_student does); a smaller vocab_size cannot hold it
-            tokenizer, kept = student_tokenizer(self, 0)
-            kwargs["tokenizer"] = tokenizer
-            text = dict(overrides.get("text") or {})
-            if text.pop("vocab_size", None) is not None:
-                overrides["text"] = text
-        student = create_student(
-            r.student, modalities=self.modalities, num_classes=self.num_classes, id2label=id2label, **overrides,
-            **kwargs,
-        )  # fmt: skip
-        if "text" in student.config.modalities and "tokenizer" not in kwargs:
-            student.set_tokenizer(student_tokenizer(self, student.config.text.vocab_size)[0])
-        elif "text" in student.config.modalities and inherit and init == "teacher":
-            inherit_token_embeddings(student, self.teachers.get("text"), kept, self.log)
-        return student
-
-    def student_init(self) -> str:
-        """The recipe's ``student_init``; ``auto``: the zoo's shipped pretrained student for this architecture and
-        exactly these modalities (``zoo.catalogue.pretrained_for``) when there is one, else ``teacher``."""
-        r = self.recipe
-        if r.student_init != "auto":
-            return r.student_init
-        if not hasattr(self, "_auto_init"):
-            from zoo.catalogue import pretrained_for
-
-            name = pretrained_for(r.student, self.modalities)
-            self._auto_init = name or "teacher"
-            self.log(f"student_init: auto -> {self._auto_init}" + ("" if name else " (no pretrained student fits)"))
-        return self._auto_init
-
-    def _pretrained_student(self, name: str, inherit: bool):
-        """``student_init: NAME``: the pretrained student (``zoo.load``: catalogue name, hub id or folder) with a
-        fresh ``label`` head sized to the data (its pretraining head dropped), its own tokenizer; ``inherit=False``:
-        the same architecture, config and tokenizer, freshly initialised (the raw-student baseline)."""
-        import zoo
-        from zoo.finetune import replace_heads_for_labels
-
-        r = self.recipe
-        pre = zoo.load(name)
-        missing = [m for m in self.modalities if m not in pre.config.modalities]
-        if missing:
-            raise ValueError(
-                f"student_init={name}: that student takes {pre.config.modalities}, the data also carries "
-                f"{missing}; use student_init=teacher or a pretrained student for every modality."
-            )
-        if pre.config.quantization:
-            raise ValueError(f"student_init={name} is an int8 student; start from its float version.")
-        arch = getattr(pre.config, "architecture", None)
-        if inherit and arch and arch != r.student:
-            self.log(f"student_init: {name} is a {arch}; the run's student is that, not {r.student}")
-        if inherit and r.student_overrides:
-            self.log(f"student_init: {name} keeps its own config; student_overrides are not applied")
-        id2label = {str(k): str(v) for k, v in self.data.id2label.items()}
-        replace_heads_for_labels(pre, id2label)
-        if inherit:
-            self.log(f"student_init: the weights and tokenizer of {name} (a fresh head for the labels)")
-            return pre
-        return pre.blank_copy()
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
