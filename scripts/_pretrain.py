@@ -9,11 +9,33 @@ validation accuracy and no compression stage.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+
+def add_training_args(ap: argparse.ArgumentParser) -> None:
+    """The options every pretraining script takes: student, schedule, batch, row limit, seed."""
+    ap.add_argument("--student", default="hybrid_tiny")
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-rows", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def stderr_log():
+    """A ``log(msg)`` that prints to stderr with the seconds since it was made."""
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def split_held_out(n: int, generator: torch.Generator, share: int = 50) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._pretrain import fit_embeddings, split_held_out  # noqa: E402
+from scripts._pretrain import add_training_args, fit_embeddings, split_held_out, stderr_log  # noqa: E402
 
 STUDENT_IMAGE = {"image_size": 32, "patch_size": 8, "stem_channels": 64, "in_chans": 3}
 
@@ -106,13 +106,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "distill-zoo" / "pretrain_image"))
-    ap.add_argument("--student", default="hybrid_tiny")
     ap.add_argument("--teacher-size", type=int, default=128)
-    ap.add_argument("--epochs", type=float, default=4.0)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-rows", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    add_training_args(ap)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
@@ -121,9 +116,7 @@ def main(argv=None) -> int:
     from benchmarks.data.fashion_mnist import _stratified, read_idx
 
     t_start = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+    log = stderr_log()
 
     images, labels = read_idx("train")
     _, validation = _stratified(labels, [6000, 1000], 0)  # the fashion-mnist task's validation rows (build_folder)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._pretrain import fit_embeddings, split_held_out  # noqa: E402
+from scripts._pretrain import add_training_args, fit_embeddings, split_held_out, stderr_log  # noqa: E402
 
 
 def _ort_encoder(folder: str, cache: Path):
@@ -122,13 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--corpus", default=None, help="CSV with a text column (default: built by debian_corpus.py)")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "distill-zoo" / "pretrain_text"))
-    ap.add_argument("--student", default="hybrid_tiny")
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-rows", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    add_training_args(ap)
     ap.add_argument("--teacher-runtime", default="ort-int8", choices=["ort-int8", "torch"])
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -140,9 +135,7 @@ def main(argv=None) -> int:
     from zoo.modalities.text import load_tokenizer, pca_project, teacher_token_embeddings, trim_tokenizer
 
     t_start = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+    log = stderr_log()
 
     cache = Path(a.cache)
     corpus = Path(a.corpus) if a.corpus else cache / "debian-descriptions.csv"
