@@ -40,7 +40,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.real_tasks import CACHE, TASKS, fit_lr, frozen_encoder_lr, image_baseline, labels_of, text_baseline  # noqa: E402,E501
+from benchmarks.real_tasks import BASELINES, CACHE, TASKS, fit_lr, frozen_encoder_lr, labels_of  # noqa: E402
 
 
 def student_embeddings(student, rows: list[dict], batch_size: int = 256) -> np.ndarray:
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     ys = labels_of(train, val, test)
     results: dict[str, dict] = {}
     modality = spec["modality"]
-    b = (text_baseline if modality == "text" else image_baseline)(train, val, test)
+    b = BASELINES[modality](train, val, test)
     what = "TF-IDF + LR" if modality == "text" else "LR on pixels"
     results["baseline"] = {"accuracy": b["accuracy"], "note": f"{what}, C={b['C']}"}
     fe = frozen_encoder_lr(spec["teacher"](), modality, train, val, test, Path(a.cache) / a.task)
