@@ -47,12 +47,30 @@ def split_held_out(n: int, generator: torch.Generator, share: int = 50) -> tuple
     return perm[:n_held], perm[n_held:]
 
 
+class Stream:
+    """One modality's rows for ``fit_embeddings``: inputs ``x``, teacher targets, held-out / train row indices,
+    the number of stacked ``views`` and the student head (task name) that regresses ``target``."""
+
+    def __init__(self, name: str, x: dict[str, torch.Tensor], target: torch.Tensor, held: torch.Tensor,
+                 train: torch.Tensor, views: int = 1, head: str | None = None):  # fmt: skip
+        self.name, self.x, self.target, self.held, self.train = name, x, target, held, train
+        self.views, self.head = views, head
+        self.n = len(target) // views
+        self.held_rows = torch.cat([held + v * self.n for v in range(views)])
+
+    def out(self, student: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        inputs = {k: v[idx] for k, v in self.x.items()}
+        if self.head is None:
+            return student(**inputs)
+        return student.forward_head(student.forward_features(**inputs), task=self.head)
+
+
 def fit_embeddings(
     student: torch.nn.Module,
-    x: dict[str, torch.Tensor],
-    target: torch.Tensor,
-    held: torch.Tensor,
-    train: torch.Tensor,
+    x: dict[str, torch.Tensor] | None = None,
+    target: torch.Tensor | None = None,
+    held: torch.Tensor | None = None,
+    train: torch.Tensor | None = None,
     *,
     epochs: float,
     lr: float,
@@ -60,7 +78,8 @@ def fit_embeddings(
     generator: torch.Generator,
     log,
     views: int = 1,
-) -> tuple[int, float]:
+    streams: list[Stream] | None = None,
+) -> tuple[int, float | dict[str, float]]:
     """Train ``student`` so its output matches ``target`` (cosine); returns (steps, held-out mean cosine).
 
     ``x`` and ``target`` hold ``views`` stacked copies of the ``n`` rows (row ``v * n + i`` is view ``v`` of row
@@ -68,9 +87,15 @@ def fit_embeddings(
     A training sample is a row with one of its views drawn at random; the held-out agreement averages every view.
     AdamW (weight decay 0.05 on matrices, none on norms, biases and position embeddings), linear warmup over 5% of
     the steps then cosine decay, gradient clipping at 1.
+
+    ``streams`` instead of ``x`` ... ``views``: several modalities over one trunk, each with its own head. Each step
+    is one batch of one stream, drawn in proportion to the streams' train rows (so an epoch sees every stream's rows
+    about once); the agreement is returned per stream.
     """
-    n = len(target) // views
-    steps = int(epochs * len(train) / batch_size)
+    single = streams is None
+    if single:
+        streams = [Stream("", x, target, held, train, views)]
+    steps = int(epochs * sum(len(s.train) for s in streams) / batch_size)
     decay = [p for name, p in student.named_parameters() if p.dim() >= 2 and "pos_embed" not in name]
     rest = [p for name, p in student.named_parameters() if not (p.dim() >= 2 and "pos_embed" not in name)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr)
@@ -78,32 +103,39 @@ def fit_embeddings(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(steps - warm, 1)))
     )
-    held_rows = torch.cat([held + v * n for v in range(views)])
 
-    def agreement() -> float:
+    def agreement() -> dict[str, float]:
         student.eval()
+        scores = {}
         with torch.no_grad():
-            cos = []
-            for i in range(0, len(held_rows), 256):
-                idx = held_rows[i : i + 256]
-                out = student(**{k: v[idx] for k, v in x.items()})
-                cos.append(F.cosine_similarity(out, target[idx], dim=-1))
+            for st in streams:
+                cos = []
+                for i in range(0, len(st.held_rows), 256):
+                    idx = st.held_rows[i : i + 256]
+                    cos.append(F.cosine_similarity(st.out(student, idx), st.target[idx], dim=-1))
+                scores[st.name] = float(torch.cat(cos).mean())
         student.train()
-        return float(torch.cat(cos).mean())
+        return scores
 
-    log(f"held-out agreement before training: {agreement():.4f}; {steps} steps")
+    def show(scores: dict[str, float]) -> str:
+        return " ".join(f"{k + ' ' if k else ''}{v:.4f}" for k, v in scores.items())
+
+    log(f"held-out agreement before training: {show(agreement())}; {steps} steps")
     student.train()
-    order, pos = torch.randperm(len(train), generator=generator), 0
+    orders = [torch.randperm(len(st.train), generator=generator) for st in streams]
+    pos = [0] * len(streams)
+    share = torch.tensor([float(len(st.train)) for st in streams])
     t0 = time.perf_counter()
     for s in range(steps):
-        if pos + batch_size > len(train):
-            order, pos = torch.randperm(len(train), generator=generator), 0
-        idx = train[order[pos : pos + batch_size]]
-        pos += batch_size
-        if views > 1:
-            idx = idx + n * torch.randint(views, (len(idx),), generator=generator)
-        out = student(**{k: v[idx] for k, v in x.items()})
-        loss = (1 - F.cosine_similarity(out, target[idx], dim=-1)).mean()
+        j = 0 if single else int(torch.multinomial(share, 1, generator=generator))
+        st = streams[j]
+        if pos[j] + batch_size > len(st.train):
+            orders[j], pos[j] = torch.randperm(len(st.train), generator=generator), 0
+        idx = st.train[orders[j][pos[j] : pos[j] + batch_size]]
+        pos[j] += batch_size
+        if st.views > 1:
+            idx = idx + st.n * torch.randint(st.views, (len(idx),), generator=generator)
+        loss = (1 - F.cosine_similarity(st.out(student, idx), st.target[idx], dim=-1)).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
@@ -111,27 +143,29 @@ def fit_embeddings(
         opt.zero_grad(set_to_none=True)
         if (s + 1) % 200 == 0 or s + 1 == steps:
             rate = (s + 1) / (time.perf_counter() - t0)
-            log(
-                f"step {s + 1}/{steps} loss {loss.item():.4f} agreement {agreement():.4f} "
-                f"eta {(steps - s - 1) / rate:.0f}s"
-            )
-    return steps, agreement()
+            log(f"step {s + 1}/{steps} loss {loss.item():.4f} agreement {show(agreement())} "
+                f"eta {(steps - s - 1) / rate:.0f}s")  # fmt: skip
+    final = agreement()
+    return steps, final[""] if single else final
 
 
-def save_student(student: torch.nn.Module, out: str | Path, record: dict, *, steps: int, agreement: float,
+def save_student(student: torch.nn.Module, out: str | Path, record: dict, *, steps: int, agreement,
                  started: float, script: str, argv, log) -> None:  # fmt: skip
     """``save_pretrained`` to ``out`` plus ``pretraining.json``: the script's ``record`` and what every script
-    records (steps, held-out agreement, parameters, seconds since ``started``, the command)."""
+    records (steps, held-out agreement (one per stream for several), parameters, seconds since ``started``, the
+    command)."""
     out = Path(out)
     student.eval()
     student.save_pretrained(out)
     record = {
         **record,
         "steps": steps,
-        "held_out_cosine": round(agreement, 4),
+        "held_out_cosine": {k: round(v, 4) for k, v in agreement.items()}
+        if isinstance(agreement, dict)
+        else round(agreement, 4),
         "params": sum(p.numel() for p in student.parameters()),
         "seconds": round(time.perf_counter() - started, 1),
         "command": f"python scripts/{script} " + " ".join(argv or sys.argv[1:]),
     }
     (out / "pretraining.json").write_text(json.dumps(record, indent=2))
-    log(f"saved {out}: held-out cosine with the teacher {agreement:.4f}")
+    log(f"saved {out}: held-out cosine with the teacher {record['held_out_cosine']}")

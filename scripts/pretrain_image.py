@@ -101,6 +101,24 @@ def teacher_features(images: np.ndarray, cache: Path, size: int, log, batch_size
     return out
 
 
+def fashion_images(max_rows: int | None, log) -> np.ndarray:
+    """The Fashion-MNIST training images (N, 28, 28) without the fashion-mnist task's validation images."""
+    from benchmarks.data.fashion_mnist import _stratified, read_idx
+
+    images, labels = read_idx("train")
+    _, validation = _stratified(labels, [6000, 1000], 0)  # the fashion-mnist task's validation rows (build_folder)
+    keep = np.setdiff1d(np.arange(len(images)), validation)[:max_rows]
+    log(f"Fashion-MNIST train: {len(keep)} images ({len(validation)} validation images of the task left out)")
+    return np.ascontiguousarray(images[keep])
+
+
+def image_inputs(student, images: np.ndarray) -> dict[str, torch.Tensor]:
+    """The student's inputs of every image then of every mirrored image (rows N..2N-1), as ``teacher_features``."""
+    pre = student.preprocessors()["image"]
+    x = torch.cat([pre(list(images[s : s + 2048]))["pixel_values"] for s in range(0, len(images), 2048)])
+    return {"pixel_values": torch.cat([x, x.flip(-1)]), "image_mask": torch.ones(2 * len(images), dtype=torch.bool)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -112,25 +130,18 @@ def main(argv=None) -> int:
     torch.manual_seed(a.seed)
 
     import zoo
-    from benchmarks.data.fashion_mnist import _stratified, read_idx
 
     t_start = time.perf_counter()
     log = stderr_log()
 
-    images, labels = read_idx("train")
-    _, validation = _stratified(labels, [6000, 1000], 0)  # the fashion-mnist task's validation rows (build_folder)
-    keep = np.setdiff1d(np.arange(len(images)), validation)[: a.max_rows]
-    images = np.ascontiguousarray(images[keep])
-    log(f"Fashion-MNIST train: {len(images)} images ({len(validation)} validation images of the task left out)")
+    images = fashion_images(a.max_rows, log)
     target = teacher_features(images, Path(a.cache), a.teacher_size, log)
     width = target.shape[1]
 
     student = zoo.create_student(a.student, modalities=["image"], num_classes=width, image=STUDENT_IMAGE,
                                  tasks={"embedding": width})  # fmt: skip
     log(f"student {a.student}: {sum(p.numel() for p in student.parameters()) / 1e6:.2f}M params")
-    pre = student.preprocessors()["image"]
-    x = torch.cat([pre(list(images[s : s + 2048]))["pixel_values"] for s in range(0, len(images), 2048)])
-    x = {"pixel_values": torch.cat([x, x.flip(-1)]), "image_mask": torch.ones(2 * len(images), dtype=torch.bool)}
+    x = image_inputs(student, images)
 
     g = torch.Generator().manual_seed(a.seed)
     held, train = split_held_out(len(images), g)

