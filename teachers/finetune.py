@@ -6,7 +6,11 @@ ImageNet CNN) is not one until it is fine-tuned on the task's labels. MODEL is:
 - a transformers folder or hub id: loaded as ``AutoModelFor{Sequence,Image,Audio}Classification`` with a new head
   sized to the data's labels (``id2label`` / ``label2id`` from the data), weights from safetensors only;
 - a timm folder (``timm.models.save_for_hf``) or a timm model name whose weights are in the local cache;
-- ``scratch:<modality>``: the small from-scratch teacher zoo's quickstart trains (no pretrained weights).
+- ``scratch:<modality>``: the small from-scratch teacher zoo's quickstart trains (no pretrained weights);
+- ``tfidf``: TF-IDF + logistic regression over the texts (``zoo.teachers.tfidf``; cross-fitted, seconds to fit);
+- ``ensemble:DIR1,DIR2``: teacher folders made before, as one teacher (their weighted mean log-probability, the
+  weights chosen on validation; ``zoo.teachers.ensemble``). A fine-tuned transformer and a TF-IDF teacher err
+  differently, and their ensemble beats both.
 
 The model is saved to ``DIR`` first and loaded back through ``zoo.teachers.load_teacher``, so the fine-tune sees
 exactly the preprocessing distillation will use later (the teacher adapter's own processor). Training is plain
@@ -33,8 +37,10 @@ import torch
 from zoo.io import atomic_write_json, atomic_write_text
 from zoo.recipe import TeacherTraining
 from zoo.teachers.crossfit import assign_folds, save_assignment
+from zoo.teachers.ensemble import fit_ensemble
 from zoo.teachers.fit import FinetuneSettings, accuracy, fit_classifier
 from zoo.teachers.load import _encoder_modality, load_teacher, resolve_hub_id
+from zoo.teachers.tfidf import fit_tfidf
 from zoo.teachers.timm_teacher import is_timm_folder, load_timm
 from zoo.teachers.train import build_teacher
 
@@ -187,6 +193,8 @@ def finetune_teacher(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, record)
     t0 = time.perf_counter()
+    if model == "tfidf" or model.startswith("ensemble:"):
+        return _finish(model, data, out, s, record, _fit_simple(model, data, out, s, train, val, log), t0, log)
     folds = []
     if s.folds > 1:
         assignment = assign_folds([r["id"] for r in train], s.folds, s.seed)
@@ -215,22 +223,59 @@ def finetune_teacher(
     if s.folds > 1:  # fold teachers only label the rows they did not see; report their mean on held-out splits
         val_acc = _mean([accuracy(t, [r for r in val if r.get(modality) is not None]) for t in teacher.folds])
         test_acc = _mean([accuracy(t, [r for r in test if r.get(modality) is not None]) for t in teacher.folds])
+    fitted = {"modality": modality, "validation_accuracy": val_acc, "test_accuracy": test_acc,
+              "best_steps": [r["best_step"] for r in results], "history": [r["history"] for r in results]}  # fmt: skip
+    return _finish(model, data, out, s, record, fitted, t0, log, teacher)
+
+
+def _fit_simple(model: str, data, out: Path, s: FinetuneSettings, train: list, val: list, log) -> dict:
+    """``tfidf`` (cross-fitted over ``s.folds``) or ``ensemble:A,B,...`` into ``out``; the teacher's metrics."""
+    if model == "tfidf":
+        id2label = {int(k): str(v) for k, v in data.id2label.items()}
+        if s.folds > 1:
+            assignment = assign_folds([r["id"] for r in train], s.folds, s.seed)
+            fits = [
+                fit_tfidf([r for r in train if assignment[str(r["id"])] != k], val, id2label, out / f"fold-{k}", s.seed)
+                for k in range(s.folds)
+            ]
+            save_assignment(out, assignment, s.folds)
+        else:
+            fits = [fit_tfidf(train, val, id2label, out, s.seed)]
+        log("zoo teacher tfidf: " + ", ".join(f"C={f['C']:g} ({f['vocabulary']} n-grams)" for f in fits))
+        return {"modality": "text", "best_steps": [None] * len(fits), "history": fits}
+    members = [m.strip() for m in model.split(":", 1)[1].split(",") if m.strip()]
+    missing = [m for m in members if not os.path.isdir(m)]
+    if len(members) < 2 or missing:
+        raise ValueError(
+            f"zoo teacher {model!r}: give two or more teacher folders, ensemble:DIR1,DIR2"
+            + (f"; not folders: {missing}" if missing else "")
+        )
+    fit = fit_ensemble(members, data, out, load_teacher, log=log)
+    return {"modality": None, "best_steps": [], "history": [fit], "weights": fit["weights"]}
+
+
+def _finish(model: str, data, out: Path, s: FinetuneSettings, record: dict, fitted: dict, t0: float, log,
+            teacher=None) -> dict:  # fmt: skip
+    """metrics.json and the card of a trained teacher folder (metrics.json last: a folder with it is complete)."""
+    if teacher is None:  # a TF-IDF or ensemble teacher: its own accuracy on the held-out splits
+        teacher = load_teacher(out, modality=fitted["modality"])
+        for split in ("validation", "test"):
+            rows = [r for r in (data.splits[split] if split in data.splits else []) if teacher.carries(r)]
+            fitted[f"{split}_accuracy"] = accuracy(teacher, rows)
     metrics = {
         "teacher": {
             "model": model,
-            "modality": modality,
-            "validation_accuracy": val_acc,
-            "test_accuracy": test_acc,
+            **fitted,
+            "modality": teacher.modality,
             "num_parameters": sum(p.numel() for p in teacher.parameters()),
-            "train_rows": len(train),
-            "best_steps": [r["best_step"] for r in results],
-            "history": [r["history"] for r in results],
+            "train_rows": len(data.splits["train"]),
             "seconds": round(time.perf_counter() - t0, 1),
         },
         "settings": asdict(s),
         "data": str(getattr(data, "source", "")),
         "labels": record["labels"],
     }
+    val_acc, test_acc = metrics["teacher"]["validation_accuracy"], metrics["teacher"]["test_accuracy"]
     atomic_write_text(out / "README.md", _card(metrics))
     atomic_write_json(out / "metrics.json", metrics)  # last: a folder with it is complete
     pct = lambda a: "n/a" if a is None else f"{100 * a:.2f}%"  # noqa: E731
@@ -247,15 +292,29 @@ def _card(m: dict) -> str:
     t, s = m["teacher"], m["settings"]
     pct = lambda a: "n/a" if a is None else f"{100 * a:.2f}%"  # noqa: E731
     labels = ", ".join(m["labels"])
+    if t["model"] == "tfidf":
+        title = "TF-IDF + logistic regression task teacher"
+        how = (
+            "TF-IDF (word 1-2 grams, sublinear tf, min_df 2) + logistic regression (C per fit on validation: "
+            f"{[h['C'] for h in t['history']]}), cross-fitted over {s['folds']} folds (1: not cross-fitted)."
+        )
+    elif t["model"].startswith("ensemble:"):
+        title = f"Ensemble task teacher of `{t['model'].split(':', 1)[1]}`"
+        how = (f"Weighted mean of the members' log-probabilities, weights {t['weights']} chosen on validation "
+               f"(members alone on validation: {[pct(a) for a in t['history'][0]['members']]}).")  # fmt: skip
+    else:
+        title = f"Task teacher fine-tuned from `{t['model']}`"
+        how = (
+            f"Settings: epochs {s['epochs']}, lr {s['lr']:g}, batch size {s['batch_size']}, max_length "
+            f"{s['max_length']}, weight decay {s['weight_decay']}, warmup {s['warmup']}, folds {s['folds']}, "
+            f"seed {s['seed']}; the best validation checkpoint (steps {t['best_steps']}) is kept."
+        )
     return (
         "---\nlibrary_name: distill-zoo\ntags:\n- distill-zoo\n- teacher\n---\n\n"
-        f"# Task teacher fine-tuned from `{t['model']}`\n\n"
-        f"Fine-tuned by `zoo teacher` on {t['train_rows']} train rows of `{m['data']}` ({t['modality']}, "
+        f"# {title}\n\n"
+        f"Made by `zoo teacher` from {t['train_rows']} train rows of `{m['data']}` ({t['modality']}, "
         f"{len(m['labels'])} labels: {labels}).\n\n"
         "| split | accuracy |\n|---|---|\n"
         f"| validation | {pct(t['validation_accuracy'])} |\n| test | {pct(t['test_accuracy'])} |\n\n"
-        f"Settings: epochs {s['epochs']}, lr {s['lr']:g}, batch size {s['batch_size']}, max_length "
-        f"{s['max_length']}, weight decay {s['weight_decay']}, warmup {s['warmup']}, folds {s['folds']}, "
-        f"seed {s['seed']}; the best validation checkpoint (steps {t['best_steps']}) is kept. "
-        f"Parameters: {t['num_parameters'] / 1e6:.2f}M.\n"
+        f"{how} Parameters: {t['num_parameters'] / 1e6:.2f}M.\n"
     )

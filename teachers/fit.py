@@ -114,7 +114,7 @@ def accuracy(teacher: Teacher, samples: list[dict], batch_size: int = 64) -> flo
     if not samples:
         return None
     right = 0
-    teacher.model.eval()
+    teacher.eval()
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]

@@ -23,7 +23,9 @@ from zoo.hub import is_offline, snapshot
 from zoo.io import not_local, typo_hint
 from zoo.teachers.base import Teacher
 from zoo.teachers.crossfit import CROSSFIT_FILE, CrossFitTeacher, is_crossfit_folder
+from zoo.teachers.ensemble import is_ensemble_folder, load_ensemble
 from zoo.teachers.hf import CLASSIFIER_SUFFIXES, load_clip, load_hf_classifier, load_hf_encoder
+from zoo.teachers.tfidf import is_tfidf_folder, load_tfidf
 from zoo.teachers.timm_teacher import is_timm_folder, load_timm
 from zoo.teachers.torchscript import SILERO_NAMES, find_torchscript, load_torchscript, silero_vad_path
 
@@ -141,6 +143,14 @@ def load_teacher(
         name = os.path.basename(os.path.abspath(path))
     if os.path.isdir(path) and is_crossfit_folder(path):  # fold teachers written by zoo distill's teacher training
         return load_crossfit(path, modality=modality, autocast=autocast, device=device, **options)
+    if os.path.isdir(path) and is_ensemble_folder(path):  # written by zoo teacher ensemble:A,B
+        member = {"modality": modality, "autocast": autocast, "device": device, **options}
+        return load_ensemble(path, load_teacher, **member)
+    if os.path.isdir(path) and is_tfidf_folder(path):  # written by zoo teacher tfidf
+        if modality not in (None, "text"):
+            raise ValueError(f"TF-IDF teacher {name!r} takes text; it cannot serve modality {modality!r}.")
+        teacher = load_tfidf(path, name=name, autocast=autocast, **options)
+        return teacher.to(device) if device else teacher
     detected, detected_modality = detect_kind(path)
     kind = detected if kind == "auto" else kind
     if detected_modality and modality and modality != detected_modality and kind == "classifier":
