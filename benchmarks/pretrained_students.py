@@ -8,7 +8,8 @@ prints, on the task's test split:
   alternative, as in ``real_tasks.py``);
 - ``teacher_probe``: the frozen teacher encoder (all-MiniLM-L6-v2 mean-pooled at 128 tokens, or the ImageNet
   EfficientNet-Lite0's pooled features at 128 px), normalised, + logistic regression;
-- ``probe``: the frozen pretrained student (its ``embedding`` head, normalised) + logistic regression;
+- ``probe``: the frozen pretrained student (its ``embedding`` head, or ``embedding_<modality>`` of a multimodal
+  student, normalised) + logistic regression;
 - ``finetuned``: ``zoo finetune STUDENT --data TASK`` with labels only (new ``label`` head, ``--steps``);
 - ``blank_finetuned``: the same architecture and tokenizer with fresh weights, fine-tuned the same way;
 - with ``--teacher DIR`` (a ``zoo teacher`` folder): both fine-tunes again with logit KD from it, at each of
@@ -43,15 +44,18 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.real_tasks import BASELINES, CACHE, TASKS, fit_lr, frozen_encoder_lr, labels_of  # noqa: E402
 
 
-def student_embeddings(student, rows: list[dict], batch_size: int = 256) -> np.ndarray:
-    """The frozen student's output for ``rows`` (its single head, L2-normalised)."""
+def student_embeddings(student, rows: list[dict], modality: str, batch_size: int = 256) -> np.ndarray:
+    """The frozen student's output for ``rows``, L2-normalised: its single head, or for a multimodal student the
+    head pretrained on ``modality`` (``embedding_<modality>``)."""
     student.eval()
+    head = f"embedding_{modality}" if f"embedding_{modality}" in student.heads else None
     out = []
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             x = student.preprocess([{k: v for k, v in r.items() if k != "label"} for r in rows[i : i + batch_size]])
             x.pop("labels", None)
-            out.append(torch.nn.functional.normalize(student(**x).float(), dim=-1).numpy())
+            y = student.forward_head(student.forward_features(**x), task=head)
+            out.append(torch.nn.functional.normalize(y.float(), dim=-1).numpy())
     return np.concatenate(out)
 
 
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     log(f"baseline {100 * b['accuracy']:.2f}%, teacher probe {100 * fe['accuracy']:.2f}%")
 
     student = zoo.load(a.student)
-    feats = [student_embeddings(student, rows) for rows in (train, val, test)]
+    feats = [student_embeddings(student, rows, modality) for rows in (train, val, test)]
     pr = fit_lr(*zip(feats, ys))
     results["probe"] = {"accuracy": pr["accuracy"], "note": f"frozen student + LR, C={pr['C']}"}
     log(f"student probe {100 * pr['accuracy']:.2f}%")

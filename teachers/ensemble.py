@@ -219,11 +219,14 @@ class EnsembleTeacher(nn.Module):
             raise ValueError(f"ensemble teacher {self.name!r} offers logits only; asked for layers {list(layers)}.")
         return []
 
-    def forward(self, samples: Sequence[dict], layers: Sequence[str] | None = None, pool: bool = False):
-        self._check_layers(layers)
-        outs = [t(samples, layers=[]) for t in self.members]
+    def combine(self, outs: Sequence[TeacherOutput]) -> TeacherOutput:
+        """The ensemble's output from its members' outputs for one batch (logits only)."""
         out = self._set.combine(outs, self.weights)
         return TeacherOutput(logits=out.logits, features={}, embeds=None, mask=out.mask)
+
+    def forward(self, samples: Sequence[dict], layers: Sequence[str] | None = None, pool: bool = False):
+        self._check_layers(layers)
+        return self.combine([t(samples, layers=[]) for t in self.members])
 
 
 def load_ensemble(folder: str | os.PathLike, load, **kwargs) -> EnsembleTeacher:

@@ -113,15 +113,20 @@ def truncation_report(split, preprocessors: dict, teachers: dict | None = None) 
     for m, t in (teachers or {}).items():
         if texts is None or "text" not in m:
             continue
-        processors = getattr(t, "processors", None) or getattr(t, "text", None)
         n = t.truncated([{"text": x} for x in texts])
         present = sum(x is not None for x in texts)
-        report["teachers"][m] = {
-            "truncated": int(n),
-            "of": present,
-            "max_length": getattr(processors, "max_length", None),
-        }
+        report["teachers"][m] = {"truncated": int(n), "of": present, "max_length": _max_length(t)}
     return report
+
+
+def _max_length(teacher) -> int | None:
+    """A text teacher's token limit; for a cross-fitted or ensemble teacher the largest of its parts' (None: none)."""
+    processors = getattr(teacher, "processors", None) or getattr(teacher, "text", None)
+    if getattr(processors, "max_length", None) is not None:
+        return processors.max_length
+    parts = list(getattr(teacher, "members", None) or getattr(teacher, "folds", None) or [])
+    limits = [x for x in (_max_length(p) for p in parts) if x is not None]
+    return max(limits) if limits else None
 
 
 def truncation_lines(report: dict, split: str = "train") -> list[str]:
