@@ -149,7 +149,11 @@ def add_from_run(
     metrics = read_metrics(run_dir) if has_metrics else {}
     if pretrained and (run_dir / EVALUATION_NAME).is_file():  # a pretrained student's numbers on a real task
         evaluation = json.loads((run_dir / EVALUATION_NAME).read_text(encoding="utf-8"))
-        metrics = {"models": evaluation.get("results") or {}}
+        if "evaluations" in evaluation:  # a multimodal student: one evaluation per task, keys "<task>/<model>"
+            models = {f"{e.get('task')}/{k}": v for e in evaluation["evaluations"] for k, v in e["results"].items()}
+        else:
+            models = evaluation.get("results") or {}
+        metrics = {"models": models}
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     tasks = config.get("tasks") or {}
     rel = (lambda p: str(p.relative_to(cards_dir.parent))) if cards_dir.parent in dst.parents else str
@@ -186,7 +190,7 @@ def pretrained_for(architecture: str, modalities, path: str | os.PathLike | None
             entry.get("folder")
             and entry.get("architecture") == architecture
             and sorted(entry.get("modalities") or []) == sorted(modalities)
-            and entry.get("task") == "embedding"
+            and str(entry.get("task") or "").startswith("embedding")  # a pretrained head, not a task's
             and shipped_folder(entry, path) is not None
         ):
             return entry["name"]

@@ -50,13 +50,16 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         if (folder / EVALUATION_NAME).is_file()
         else {}
     )
+    evaluations = ev.get("evaluations") or ([ev] if ev else [])  # a multimodal student: one per task
     config = read_config(folder)
     modalities = list(config.get("modalities") or [])
     name = name or repo_id or folder.resolve().name
     load = name.split("/")[-1]  # the catalogue name: the shipped weights load under it offline
     teacher_id = pre.get("teacher_id")
+    teacher_ids = [t for t in (teacher_id if isinstance(teacher_id, list) else [teacher_id]) if t and is_hub_id(t)]
+    teacher = _per_modality(pre.get("teacher", NA))
+    corpus_line = _corpus_line(pre.get("corpus") or {})
     settings = pre.get("settings") or {}
-    corpus = pre.get("corpus") or {}
     params = pre.get("params")
     if params is None and (folder / "model.safetensors").exists():
         params = safetensors_params(folder / "model.safetensors")
@@ -71,7 +74,7 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         model_name=name,
         library_name="distill-zoo",
         tags=tags,
-        base_model=[teacher_id] if teacher_id and is_hub_id(teacher_id) else None,
+        base_model=teacher_ids or None,
         license=pre.get("license") or DEFAULT_LICENSE,
         pipeline_tag="feature-extraction",
     )
@@ -79,7 +82,7 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         f"# {escape(name)}",
         "",
         f"A {fmt_params(params)}-parameter `{escape(config.get('architecture', NA))}` student over "
-        f"{', '.join(modalities) or NA}, pre-distilled task-agnostically from {escape(pre.get('teacher', NA))}: "
+        f"{', '.join(modalities) or NA}, pre-distilled task-agnostically from {escape(teacher)}: "
         f"{escape(pre.get('objective', NA))}. No labels were used. It is a starting point: `zoo finetune` gives it "
         "a head sized to your labels (the pretraining head is dropped) and trains it, with KD when you pass a teacher.",
         "",
@@ -91,7 +94,7 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         f'student = zoo.load("{load}")  # the weights ship with distill-zoo: works offline',
         f"batch = student.preprocess([{json.dumps(example)}])",
         'batch.pop("labels", None)',
-        f"embedding = student(**batch)  # {config.get('tasks', {}).get('embedding', NA)} numbers per {kind}",
+        *_embedding_lines(config.get("tasks") or {}, kind),
         "```",
         "",
         "```bash",
@@ -103,22 +106,26 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         "",
         "| | |",
         "|---|---|",
-        f"| teacher | {escape(pre.get('teacher', NA))} |",
-        f"| corpus | {escape(corpus.get('name', NA))}; {fmt_value(corpus.get('rows'))} rows, "
-        f"{fmt_value(corpus.get('held_out'))} held out |",
-        f"| corpus licence | {escape(corpus.get('licence', NA))} |",
+        f"| teacher | {escape(teacher)} |",
+        *(f"| {k} | {escape(v)} |" for k, v in corpus_line),
         f"| training | {fmt_value(pre.get('steps'))} steps, batch {fmt_value(settings.get('batch_size'))}, lr "
         f"{fmt_value(settings.get('lr'))}, {fmt_value(settings.get('epochs'))} epochs, "
         + "".join(f"{x}, " for x in sizes)
         + f"seed {fmt_value(settings.get('seed'))} |",
         f"| teacher targets | the teacher run in {escape(RUNTIMES.get(settings.get('teacher_runtime'), NA))} |",
-        f"| held-out agreement | mean cosine {fmt_value(pre.get('held_out_cosine'))} with the teacher's embedding |",
+        f"| held-out agreement | mean cosine {escape(_per_modality(pre.get('held_out_cosine')))} with the "
+        "teacher's embedding |",
+        *(
+            [f"| started from | {escape(_per_modality(pre['initialised_from']))} |"]
+            if pre.get("initialised_from")
+            else []
+        ),
         f"| time | {fmt_value(pre.get('seconds'))} s on one CPU thread |",
         "",
         f"Command: `{escape(pre.get('command', NA))}`",
         "",
     ]
-    if ev:
+    for ev in evaluations:
         lines += [
             f"## What it is worth on {escape(ev.get('task', NA))}",
             "",
@@ -140,3 +147,33 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         limits.append(f"Images are resized to {fmt_value(size)} x {fmt_value(size)} pixels.")
     lines += ["## Limitations", "", *(f"- {escape(x)}" for x in limits), ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _per_modality(value) -> str:
+    """A value, or a {modality: value} dict as "text: ...; image: ..." (a multimodal student's record)."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {fmt_value(v)}" for k, v in value.items())
+    return fmt_value(value)
+
+
+def _corpus_line(corpus: dict) -> list[tuple[str, str]]:
+    """The card's corpus rows: one corpus, or one per modality."""
+    parts = corpus if corpus and all(isinstance(v, dict) for v in corpus.values()) else {"": corpus}
+    rows = []
+    for m, c in parts.items():
+        label = f"{m} corpus" if m else "corpus"
+        rows.append((label, f"{c.get('name', NA)}; {fmt_value(c.get('rows'))} rows, {fmt_value(c.get('held_out'))} "
+                            "held out"))  # fmt: skip
+        rows.append((f"{label} licence", str(c.get("licence", NA))))
+    return rows
+
+
+def _embedding_lines(tasks: dict, kind: str) -> list[str]:
+    """The usage example's last line(s): the embedding head, or each modality's head of a multimodal student."""
+    heads = {t: n for t, n in tasks.items() if t.startswith("embedding_")}
+    if not heads:
+        return [f"embedding = student(**batch)  # {tasks.get('embedding', NA)} numbers per {kind}"]
+    lines = ["features = student.forward_features(**batch)  # one trunk for every modality"]
+    for t, n in heads.items():
+        lines.append(f'{t} = student.forward_head(features, task="{t}")  # {n} numbers, pretrained on {t[10:]}s')
+    return lines
