@@ -18,7 +18,8 @@ prints, on the task's test split:
 
 The table comes first; the last line is
 ``student=<name> task=<task> probe=<acc> teacher_probe=<acc> finetuned=<acc> blank_finetuned=<acc> baseline=<acc>``.
-``--json FILE`` writes every number with the command (``zoo catalogue add`` puts them into the card).
+``--json FILE`` writes every number with the command (``zoo catalogue add`` puts them into the card); a second task
+for the same student (a multimodal one) is kept beside the first.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/pretrained_students.py \\
         --student model_cards/hybrid-tiny-text --task debian-sections
@@ -64,6 +65,18 @@ def blank_copy(student, folder: Path) -> Path:
     torch.manual_seed(0)
     student.blank_copy().save_pretrained(folder)
     return folder
+
+
+def write_evaluation(path: Path, evaluation: dict) -> None:
+    """Write ``evaluation`` to ``path``; when ``path`` holds the same student's evaluation on another task (a
+    multimodal student), keep both as ``{"evaluations": [...]}`` (a rerun on a task replaces that task's)."""
+    kept = []
+    if path.is_file():
+        old = json.loads(path.read_text())
+        kept = [e for e in old.get("evaluations") or [old] if e.get("student") == evaluation["student"]]
+        kept = [e for e in kept if e.get("task") != evaluation["task"]]
+    body = {"evaluations": [*kept, evaluation]} if kept else evaluation
+    path.write_text(json.dumps(body, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
@@ -151,8 +164,7 @@ def main(argv=None) -> int:
     name = Path(str(a.student).rstrip("/")).name
     command = "python benchmarks/pretrained_students.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.json:
-        Path(a.json).write_text(json.dumps({"student": name, "task": a.task, "command": command, "results": results},
-                                           indent=2) + "\n")  # fmt: skip
+        write_evaluation(Path(a.json), {"student": name, "task": a.task, "command": command, "results": results})
     keys = ("probe", "teacher_probe", "finetuned", "blank_finetuned", "baseline")
     print(f"student={name} task={a.task} " + " ".join(f"{k}={results[k]['accuracy']:.4f}" for k in keys))
     return 0

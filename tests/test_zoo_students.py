@@ -252,3 +252,53 @@ def test_an_image_student_card_speaks_of_images(tmp_path):
     assert "--data my_images.csv --teacher image=TEACHER_DIR" in text and "teacher at 64 px" in text
     assert "- Grey clothing images only." in text and "Images are resized to 16 x 16 pixels." in text
     assert "tokens" not in text and "ONNX Runtime fp32" in text
+
+
+def test_a_multimodal_student_inherits_both_students_and_its_card_and_entry_show_each_task(
+    tmp_path, tiny_tokenizer, monkeypatch
+):
+    """scripts/pretrain_multimodal.inherit: text in, the text student's embedding out (its stem, trunk and head); the
+    image stem and head are the image student's. The card and the catalogue entry carry one evaluation per task."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from benchmarks.pretrained_students import write_evaluation
+    from scripts.pretrain_multimodal import HEADS, inherit
+    from zoo.pretrained_card import build_pretrained_card
+
+    torch.manual_seed(0)
+    image_cfg = {"image_size": 16, "patch_size": 8, "in_chans": 3}
+    text = zoo.create_student("hybrid_test", modalities=["text"], tasks={"embedding": 12}, tokenizer=tiny_tokenizer)
+    image = zoo.create_student("hybrid_test", modalities=["image"], tasks={"embedding": 20}, image=image_cfg)
+    both = zoo.create_student("hybrid_test", modalities=["text", "image"], tokenizer=tiny_tokenizer, image=image_cfg,
+                              tasks={HEADS["text"]: 12, HEADS["image"]: 20})  # fmt: skip
+    assert inherit(both, text, image)["image"] > 0
+    text.eval(), image.eval(), both.eval()
+    x = text.preprocess([{"text": "zero one two"}])
+    x.pop("labels", None)
+    with torch.no_grad():
+        torch.testing.assert_close(both.forward_head(both.forward_features(**x), HEADS["text"]), text(**x))
+    torch.testing.assert_close(both.heads[HEADS["image"]].weight, image.heads["embedding"].weight)
+    torch.testing.assert_close(both.stems["image"].state_dict(), image.stems["image"].state_dict())
+
+    folder = tmp_path / "mm"
+    both.save_pretrained(folder)
+    record = {"teacher": {"text": "tiny text", "image": "tiny cnn"}, "teacher_id": ["org/t", "org/i"],
+              "held_out_cosine": {"text": 0.8, "image": 0.7},
+              "corpus": {"text": {"name": "words", "rows": 9}, "image": {"name": "pics", "rows": 7}},
+              "initialised_from": {"text": "a", "image": "b"},
+              "example_input": {"text": "x", "image": "y.png"}}  # fmt: skip
+    (folder / "pretraining.json").write_text(json.dumps(record))
+    for task in ("words", "pics", "words"):  # a rerun on a task replaces that task's numbers
+        ev = {"student": "mm", "task": task, "command": f"c {task}", "results": {"probe": {"accuracy": 0.5}}}
+        write_evaluation(folder / "evaluation.json", ev)
+    assert [e["task"] for e in json.loads((folder / "evaluation.json").read_text())["evaluations"]] == ["pics", "words"]
+    card = str(build_pretrained_card(folder, name="distill-zoo/mm"))
+    assert "What it is worth on words" in card and "What it is worth on pics" in card
+    assert "text corpus | words; 9 rows" in card and "image corpus | pics; 7 rows" in card
+    assert 'task="embedding_image")  # 20 numbers, pretrained on images' in card and "text: 0.8; image: 0.7" in card
+    cards = tmp_path / "model_cards"
+    monkeypatch.setattr(catalogue, "CATALOGUE_PATH", cards / "catalogue.json")
+    entry = catalogue.add_from_run(folder, "distill-zoo/mm", ship=True, cards_dir=cards)
+    assert sorted(entry["metrics"]) == ["pics/probe", "words/probe"] and entry["task"] in HEADS.values()
+    assert catalogue.pretrained_for("hybrid_test", ["image", "text"], cards / "catalogue.json") == "mm"
