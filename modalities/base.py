@@ -52,18 +52,20 @@ class Modality:
         return self.input_keys[-1]
 
     def tokens(self, stem: nn.Module, inputs: dict[str, torch.Tensor]):
-        """Run the stem on this modality's inputs: tokens (B, N, D), grid (h, w), valid tokens (B, N).
+        """Run the stem on this modality's inputs: tokens (B, N, D), grid (h, w), valid tokens (B, N), padded.
 
         A stem returns (tokens, grid) or (tokens, grid, valid); without a valid mask every token of a sample is
-        valid. The sample presence mask (``mask_key``) is applied on top.
+        valid (``padded`` False: a fixed token grid, as images have). The sample presence mask (``mask_key``) is
+        applied on top.
         """
         out = stem(*[inputs.get(k) for k in self.input_keys[:-1]])
         x, grid = out[0], out[1]
-        valid = out[2] if len(out) > 2 else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        padded = len(out) > 2
+        valid = out[2] if padded else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         present = inputs.get(self.mask_key)
         if present is not None:
             valid = valid & present.to(torch.bool)[:, None]
-        return x, grid, valid
+        return x, grid, valid, padded
 
 
 MODALITIES: dict[str, Modality] = {}  # in canonical order (``Modality.order``)

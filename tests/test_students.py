@@ -236,3 +236,31 @@ def test_text_embedding_sized_to_the_tokenizer(tmp_path, tiny_tokenizer):
     )
     with pytest.raises(ValueError, match="vocab_size"):
         zoo.create_student("hybrid_test", modalities=["text"], tokenizer=tiny_tokenizer, text={"vocab_size": 50})
+
+
+def test_an_image_only_student_skips_the_masks_and_answers_as_the_masked_path(monkeypatch, tiny_tokenizer):
+    """One unpadded modality: no key mask, no re-zeroing, a plain mean; the same outputs (absent rows too) as the
+    masked path every other student takes."""
+    import numpy as np
+
+    import zoo
+    from zoo.students.hybrid import HybridStudent
+
+    torch.manual_seed(0)
+    m = zoo.create_student("hybrid_test", modalities=["image"], num_classes=3).eval()
+    rng = np.random.default_rng(0)
+    x = m.preprocess([{"image": rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)} for _ in range(4)])
+    x.pop("labels", None)
+    x["image_mask"][1] = False
+    assert m._embed(x)[3] is True
+    with torch.no_grad():
+        dense = m(**x)
+        orig = HybridStudent._embed
+        monkeypatch.setattr(HybridStudent, "_embed", lambda self, inputs: (*orig(self, inputs)[:3], False))
+        masked = m(**x)
+    torch.testing.assert_close(dense, masked, rtol=1e-6, atol=1e-6)
+    both = zoo.create_student("hybrid_test", modalities=["text", "image"], num_classes=3, tokenizer=tiny_tokenizer)
+    y = both.preprocess([{"image": np.zeros((12, 12, 3), np.uint8), "text": "one two"}])
+    assert orig(both, y)[3] is False  # two modalities in the batch (and text pads): the masked path
+    y.pop("pixel_values")
+    assert orig(both, y)[3] is False
