@@ -136,7 +136,10 @@ def main(argv=None) -> int:
             "text": {**text_record["corpus"], "rows": len(texts), "held_out": len(held_t)},
             "image": {**image_record["corpus"], "rows": len(images), "held_out": len(held_i)},
         },
-        "settings": {k: v for k, v in vars(a).items() if k not in ("out", "text_cache", "image_cache")},
+        "settings": {
+            **{k: v for k, v in vars(a).items() if k not in ("out", "text_cache", "image_cache")},
+            "teacher_runtime": {"text": text_runtime, "image": image_record["settings"].get("teacher_runtime")},
+        },
         "example_input": {"text": "a fast 2D platform game with many levels", "image": "shirt.png"},
         "limitations": [
             *text_record.get("limitations", []),

@@ -164,7 +164,7 @@ def add_from_run(
         "modalities": config.get("modalities") or [],
         "task": next(iter(tasks), None),
         "num_classes": next(iter(tasks.values()), None),
-        "final_model": final_model_key(metrics, config) if has_metrics else ("finetuned" if metrics else None),
+        "final_model": final_model_key(metrics, config) if has_metrics else _pretrained_final(metrics),
         "dataset": card.data.datasets[0] if card is not None and card.data.datasets else None,
         "base_model": card.data.base_model if card is not None else None,
         "metrics": {
@@ -180,6 +180,12 @@ def add_from_run(
     students.append(entry)
     atomic_write_json(catalogue_path, {"students": sorted(students, key=lambda s: s["name"])})
     return entry
+
+
+def _pretrained_final(metrics: dict) -> str | None:
+    """A pretrained student's headline model: its labels-only fine-tune (the first task's, for a multimodal one)."""
+    keys = [k for k in metrics.get("models", {}) if k == "finetuned" or k.endswith("/finetuned")]
+    return keys[0] if keys else None
 
 
 def pretrained_for(architecture: str, modalities, path: str | os.PathLike | None = None) -> str | None:

@@ -112,7 +112,7 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         f"{fmt_value(settings.get('lr'))}, {fmt_value(settings.get('epochs'))} epochs, "
         + "".join(f"{x}, " for x in sizes)
         + f"seed {fmt_value(settings.get('seed'))} |",
-        f"| teacher targets | the teacher run in {escape(RUNTIMES.get(settings.get('teacher_runtime'), NA))} |",
+        f"| teacher targets | the teacher run in {escape(_runtimes(settings.get('teacher_runtime')))} |",
         f"| held-out agreement | mean cosine {escape(_per_modality(pre.get('held_out_cosine')))} with the "
         "teacher's embedding |",
         *(
@@ -147,6 +147,13 @@ def build_pretrained_card(folder: str | os.PathLike, *, repo_id: str | None = No
         limits.append(f"Images are resized to {fmt_value(size)} x {fmt_value(size)} pixels.")
     lines += ["## Limitations", "", *(f"- {escape(x)}" for x in limits), ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _runtimes(value) -> str:
+    """Where the teacher targets were computed: one runtime, or one per modality."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {RUNTIMES.get(v, NA)}" for k, v in value.items())
+    return RUNTIMES.get(value, NA)
 
 
 def _per_modality(value) -> str:
