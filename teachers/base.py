@@ -297,6 +297,44 @@ class Teacher(nn.Module):
         return self.forward_inputs(self.preprocess(samples), layers=layers, pool=pool)
 
 
+class ComposedTeacher(nn.Module):
+    """Base of a teacher made of several teachers of one modality (``parts``): cross-fitted folds, an ensemble.
+
+    It has the teacher interface the trainer and the teacher cache use, with logits only (the parts' features live
+    in different spaces); subclasses set ``parts`` and the identity, and implement ``forward``.
+    """
+
+    similarity_scale = None
+    kind = "composed teacher"  # how errors name it
+    logits_only_because = ""  # appended to the error when features are asked for
+
+    @property
+    def parts(self) -> Sequence[Teacher]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def carries(self, sample: dict) -> bool:
+        return any(t.carries(sample) for t in self.parts)
+
+    def truncated(self, samples: Sequence[dict]) -> int:
+        """The most rows any part's preprocessing cuts (parts may carry their own tokenizers)."""
+        return max(t.truncated(samples) for t in self.parts)
+
+    def _check_layers(self, layers: Sequence[str] | None) -> list[str]:
+        if layers:
+            raise ValueError(
+                f"{self.kind} {self.name!r} offers logits only{self.logits_only_because}; asked for "
+                f"layers {list(layers)}."
+            )
+        return []
+
+
 def _scatter(out: TeacherOutput, mask: Tensor, pairwise: bool = False) -> TeacherOutput:
     """Outputs for the present rows -> B rows (zeros where mask is False), as float32.
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from zoo.io import atomic_write_json
-from zoo.teachers.base import Teacher, TeacherOutput, hash_json
+from zoo.teachers.base import ComposedTeacher, Teacher, TeacherOutput, hash_json
 
 CROSSFIT_FILE = "crossfit.json"
 
@@ -50,14 +50,15 @@ def assign_folds(ids: Sequence, folds: int, seed: int) -> dict[str, int]:
     return {str(ids[i]): k % folds for k, i in enumerate(order)}
 
 
-class CrossFitTeacher(nn.Module):
+class CrossFitTeacher(ComposedTeacher):
     """K teachers of one modality; a sample of fold k is answered by teacher k (trained without fold k).
 
     It has the teacher interface the trainer and the teacher cache use (``__call__``, ``modality``,
     ``num_classes``, ``fingerprint``...), with logits only.
     """
 
-    similarity_scale = None
+    kind = "cross-fitted teacher"
+    logits_only_because = " (its fold teachers' features live in different spaces)"
 
     def __init__(self, teachers: Sequence[Teacher], assignment: dict[str, int], name: str = "crossfit"):
         super().__init__()
@@ -91,27 +92,9 @@ class CrossFitTeacher(nn.Module):
         }
         self.fingerprint = hash_json(self.identity)
 
-    def train(self, mode: bool = True) -> CrossFitTeacher:
-        return super().train(False)
-
     @property
-    def device(self) -> torch.device:
-        return self.folds[0].device
-
-    def carries(self, sample: dict) -> bool:
-        return self.folds[0].carries(sample)
-
-    def truncated(self, samples: Sequence[dict]) -> int:
-        """The most rows any fold's preprocessing cuts (folds may carry their own tokenizers)."""
-        return max(t.truncated(samples) for t in self.folds)
-
-    def _check_layers(self, layers: Sequence[str] | None) -> list[str]:
-        if layers:
-            raise ValueError(
-                f"cross-fitted teacher {self.name!r} offers logits only (its fold teachers' features live in "
-                f"different spaces); asked for layers {list(layers)}."
-            )
-        return []
+    def parts(self) -> Sequence[Teacher]:
+        return self.folds
 
     def forward(self, samples: Sequence[dict], layers: Sequence[str] | None = None, pool: bool = False):
         """Logits per sample from the teacher that did not see it; the mean probability for unseen ids."""

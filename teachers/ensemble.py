@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from zoo.io import atomic_write_json
-from zoo.teachers.base import TeacherOutput, hash_json
+from zoo.teachers.base import ComposedTeacher, TeacherOutput, hash_json
 
 ENSEMBLES = ("probs", "logits", "logprobs")
 
@@ -159,7 +159,7 @@ def is_ensemble_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / ENSEMBLE_FILE).is_file()
 
 
-class EnsembleTeacher(nn.Module):
+class EnsembleTeacher(ComposedTeacher):
     """Several teachers of one modality and one label set as one teacher: ``TeacherSet.combine`` of their outputs.
 
     The folder ``zoo teacher ensemble:A,B --out DIR`` writes (``fit_ensemble``) loads as one (``load_teacher``), so a
@@ -167,7 +167,7 @@ class EnsembleTeacher(nn.Module):
     live in different spaces (a TF-IDF member has none).
     """
 
-    similarity_scale = None
+    kind = "ensemble teacher"
 
     def __init__(self, members: Sequence, weights: Sequence[float], combine: str = "logprobs", name: str = "ensemble"):
         super().__init__()
@@ -201,23 +201,9 @@ class EnsembleTeacher(nn.Module):
         }
         self.fingerprint = hash_json(self.identity)
 
-    def train(self, mode: bool = True) -> EnsembleTeacher:
-        return super().train(False)
-
     @property
-    def device(self) -> torch.device:
-        return self.members[0].device
-
-    def carries(self, sample: dict) -> bool:
-        return any(t.carries(sample) for t in self.members)
-
-    def truncated(self, samples: Sequence[dict]) -> int:
-        return max(t.truncated(samples) for t in self.members)
-
-    def _check_layers(self, layers: Sequence[str] | None) -> list[str]:
-        if layers:
-            raise ValueError(f"ensemble teacher {self.name!r} offers logits only; asked for layers {list(layers)}.")
-        return []
+    def parts(self) -> Sequence:
+        return self.members
 
     def combine(self, outs: Sequence[TeacherOutput]) -> TeacherOutput:
         """The ensemble's output from its members' outputs for one batch (logits only)."""
@@ -266,17 +252,16 @@ def fit_ensemble(members: Sequence[str], data, out: str | os.PathLike, load, log
     """
     out = Path(out)
     teachers = [load(m) for m in members]
-    EnsembleTeacher(teachers, [1.0] * len(teachers), combine)  # the members fit together, before any copy
+    check = EnsembleTeacher(teachers, [1.0] * len(teachers), combine)  # the members fit together, before any copy
     val = [r for r in (data.splits["validation"] if "validation" in data.splits else []) if teachers[0].carries(r)]
     weights, best, each = [1.0] * len(teachers), None, [None] * len(teachers)
     if val:
         outs = [[t(val[i : i + 64], layers=[]) for i in range(0, len(val), 64)] for t in teachers]
         y = torch.tensor([int(r["label"]) for r in val])
         each = [float((torch.cat([o.logits for o in os_]).argmax(-1) == y).float().mean()) for os_ in outs]
-        tset = TeacherSet({teachers[0].modality: teachers}, ensemble=combine)
 
         def acc(w):
-            z = torch.cat([tset.combine([o[b] for o in outs], w).logits for b in range(len(outs[0]))])
+            z = torch.cat([check._set.combine([o[b] for o in outs], w).logits for b in range(len(outs[0]))])
             return float((z.argmax(-1) == y).float().mean())
 
         if len(teachers) == 2:

@@ -193,8 +193,6 @@ def finetune_teacher(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, record)
     t0 = time.perf_counter()
-    if model == "tfidf" or model.startswith("ensemble:"):
-        return _finish(model, data, out, s, record, _fit_simple(model, data, out, s, train, val, log), t0, log)
     folds = []
     if s.folds > 1:
         assignment = assign_folds([r["id"] for r in train], s.folds, s.seed)
@@ -202,6 +200,16 @@ def finetune_teacher(
             folds.append((out / f"fold-{k}", [r for r in train if assignment[str(r["id"])] != k], s.seed + k))
     else:
         folds.append((out, train, s.seed))
+    if model == "tfidf":
+        id2label = {int(k): str(v) for k, v in data.id2label.items()}
+        fits = [fit_tfidf(rows, val, id2label, dst, seed) for dst, rows, seed in folds]  # seconds each
+        if s.folds > 1:
+            save_assignment(out, assignment, s.folds)
+        log("zoo teacher tfidf: " + ", ".join(f"C={f['C']:g} ({f['vocabulary']} n-grams)" for f in fits))
+        fitted = {"modality": "text", "best_steps": [None] * len(fits), "history": fits}
+        return _finish(model, data, out, s, record, fitted, t0, log)
+    if model.startswith("ensemble:"):
+        return _finish(model, data, out, s, record, _fit_ensemble(model, data, out, log), t0, log)
     results = []
     for dst, rows, seed in folds:
         if not (dst / "config.json").is_file() or not resume:
@@ -228,21 +236,8 @@ def finetune_teacher(
     return _finish(model, data, out, s, record, fitted, t0, log, teacher)
 
 
-def _fit_simple(model: str, data, out: Path, s: FinetuneSettings, train: list, val: list, log) -> dict:
-    """``tfidf`` (cross-fitted over ``s.folds``) or ``ensemble:A,B,...`` into ``out``; the teacher's metrics."""
-    if model == "tfidf":
-        id2label = {int(k): str(v) for k, v in data.id2label.items()}
-        if s.folds > 1:
-            assignment = assign_folds([r["id"] for r in train], s.folds, s.seed)
-            fits = [
-                fit_tfidf([r for r in train if assignment[str(r["id"])] != k], val, id2label, out / f"fold-{k}", s.seed)
-                for k in range(s.folds)
-            ]
-            save_assignment(out, assignment, s.folds)
-        else:
-            fits = [fit_tfidf(train, val, id2label, out, s.seed)]
-        log("zoo teacher tfidf: " + ", ".join(f"C={f['C']:g} ({f['vocabulary']} n-grams)" for f in fits))
-        return {"modality": "text", "best_steps": [None] * len(fits), "history": fits}
+def _fit_ensemble(model: str, data, out: Path, log) -> dict:
+    """``ensemble:A,B,...`` into ``out`` (``zoo.teachers.ensemble.fit_ensemble``); the teacher's metrics."""
     members = [m.strip() for m in model.split(":", 1)[1].split(",") if m.strip()]
     missing = [m for m in members if not os.path.isdir(m)]
     if len(members) < 2 or missing:

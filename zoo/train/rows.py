@@ -124,7 +124,7 @@ def _max_length(teacher) -> int | None:
     processors = getattr(teacher, "processors", None) or getattr(teacher, "text", None)
     if getattr(processors, "max_length", None) is not None:
         return processors.max_length
-    parts = list(getattr(teacher, "members", None) or getattr(teacher, "folds", None) or [])
+    parts = list(getattr(teacher, "parts", None) or [])  # a ComposedTeacher's teachers
     limits = [x for x in (_max_length(p) for p in parts) if x is not None]
     return max(limits) if limits else None
 
