@@ -211,48 +211,43 @@ def unlabeled_source(task: str, spec: str | None, log) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- the teacher
+def cached_teacher(model: str, data, out: Path, settings, log, what: str) -> Path:
+    """``zoo teacher MODEL`` into ``out`` unless ``out`` holds a finished one; a stopped run with the same settings
+    resumes. ``what`` says in the log what is being made."""
+    from zoo.teachers.finetune import finetune_teacher
+
+    if (out / "metrics.json").is_file():
+        m = json.loads((out / "metrics.json").read_text())
+        log(f"teacher: cached {out} (validation {100 * m['teacher']['validation_accuracy']:.2f}%)")
+        return out
+    log(f"teacher: {what} (zoo teacher; cached in {out})")
+    finetune_teacher(model, data, out, settings=settings, resume=(out / "zoo_teacher.json").is_file(),
+                     overwrite=True, log=log)  # fmt: skip
+    return out
+
+
 def fine_tuned_teacher(task: str, spec: dict, data, cache: Path, log) -> Path:
     """``zoo teacher`` on the task, cached under ``cache/teacher-<digest of its settings>``.
 
     Other settings get their own folder (an earlier teacher stays for comparison); a stopped fine-tune with the
     same settings resumes.
     """
-    from zoo.teachers.finetune import FinetuneSettings, finetune_teacher
+    from zoo.teachers.finetune import FinetuneSettings
 
     settings = FinetuneSettings(**spec["teacher_args"])
     key = hashlib.sha256(json.dumps(settings.__dict__, sort_keys=True).encode()).hexdigest()[:8]
-    out = cache / f"teacher-{key}"
-    if (out / "metrics.json").is_file():
-        m = json.loads((out / "metrics.json").read_text())
-        log(f"teacher: cached {out} (validation {100 * m['teacher']['validation_accuracy']:.2f}%)")
-        return out
-    log(f"teacher: fine-tuning {spec['teacher']()} on {task} with {settings} (zoo teacher; cached in {out})")
-    finetune_teacher(
-        spec["teacher"](),
-        data,
-        out,
-        settings=settings,
-        resume=(out / "zoo_teacher.json").is_file(),
-        overwrite=True,
-        log=log,
-    )
-    return out
+    what = f"fine-tuning {spec['teacher']()} on {task} with {settings}"
+    return cached_teacher(spec["teacher"](), data, cache / f"teacher-{key}", settings, log, what)
 
 
 def ensemble_teacher(encoder_dir: Path, data, cache: Path, log) -> tuple[Path, Path]:
     """(TF-IDF teacher, ensemble of ``encoder_dir`` and it): ``zoo teacher tfidf`` and ``zoo teacher
     ensemble:ENCODER,TFIDF``, each cached under ``cache``."""
-    from zoo.teachers.finetune import FinetuneSettings, finetune_teacher
+    from zoo.teachers.finetune import FinetuneSettings
 
-    tfidf, ens = cache / "teacher-tfidf", cache / f"ensemble-{encoder_dir.name}-tfidf"
-    for model, out, settings in (("tfidf", tfidf, FinetuneSettings(folds=5)),
-                                 (f"ensemble:{encoder_dir},{tfidf}", ens, FinetuneSettings())):  # fmt: skip
-        if (out / "metrics.json").is_file():
-            m = json.loads((out / "metrics.json").read_text())["teacher"]
-            log(f"teacher: cached {out} (validation {100 * m['validation_accuracy']:.2f}%)")
-            continue
-        log(f"teacher: zoo teacher {model} (cached in {out})")
-        finetune_teacher(model, data, out, settings=settings, overwrite=True, log=log)
+    tfidf = cached_teacher("tfidf", data, cache / "teacher-tfidf", FinetuneSettings(folds=5), log, "zoo teacher tfidf")
+    model = f"ensemble:{encoder_dir},{tfidf}"
+    ens = cached_teacher(model, data, cache / f"ensemble-{encoder_dir.name}-tfidf", FinetuneSettings(), log, model)
     return tfidf, ens
 
 
